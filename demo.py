@@ -1,0 +1,72 @@
+"""The demo app that ``python server.py`` runs: Flask-SocketIO's classic example, ported.
+
+Namespace ``/test``: ``my event`` is echoed back as ``my response``, ``my broadcast event``
+goes to every client, and the room events show joining, leaving and closing rooms.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from server import SocketServer, close_room, disconnect, emit, join_room, leave_room, request, rooms
+
+
+def create_app(**options: Any) -> SocketServer:
+    """Build the demo server; ``options`` go to :class:`SocketServer`."""
+    socketio = SocketServer(**options)
+
+    @socketio.on("my event", namespace="/test")
+    def test_message(message: dict[str, Any]) -> None:
+        emit("my response", {"data": _field(message, "data")})
+
+    @socketio.on("my broadcast event", namespace="/test")
+    def test_broadcast_message(message: dict[str, Any]) -> None:
+        emit("my response", {"data": _field(message, "data")}, broadcast=True)
+
+    @socketio.on("join", namespace="/test")
+    def join(message: dict[str, Any]) -> None:
+        join_room(str(_field(message, "room")))
+        emit("my response", {"data": "In rooms: " + ", ".join(rooms())})
+
+    @socketio.on("leave", namespace="/test")
+    def leave(message: dict[str, Any]) -> None:
+        leave_room(str(_field(message, "room")))
+        emit("my response", {"data": "In rooms: " + ", ".join(rooms())})
+
+    @socketio.on("close room", namespace="/test")
+    def on_close_room(message: dict[str, Any]) -> None:
+        room = str(_field(message, "room"))
+        emit("my response", {"data": f"Room {room} is closing."}, to=room)
+        close_room(room)
+
+    @socketio.on("my room event", namespace="/test")
+    def send_room_message(message: dict[str, Any]) -> None:
+        emit("my response", {"data": _field(message, "data")}, to=str(_field(message, "room")))
+
+    @socketio.on("disconnect request", namespace="/test")
+    def disconnect_request() -> None:
+        emit("my response", {"data": "Disconnected!"})
+        disconnect()
+
+    @socketio.on("my ping", namespace="/test")
+    def ping_pong() -> dict[str, float]:
+        emit("my pong")
+        return {"pong": time.time()}
+
+    @socketio.on("connect", namespace="/test")
+    def test_connect(auth: Any) -> None:
+        emit("my response", {"data": "Connected"})
+
+    @socketio.on("disconnect", namespace="/test")
+    def test_disconnect(reason: str) -> None:
+        print("Client disconnected", request.sid, reason, flush=True)
+
+    return socketio
+
+
+def _field(message: Any, name: str) -> Any:
+    """Read ``message[name]`` from client data that may not be a dict at all."""
+    if isinstance(message, dict):
+        return message.get(name)
+    return None

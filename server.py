@@ -1,0 +1,1187 @@
+"""plainsocket: Socket.IO's event model over plain WebSockets.
+
+The server, its Python API and its command line. A Flask-SocketIO app ports with a change of
+imports::
+
+    from server import SocketServer, emit
+
+    socketio = SocketServer()
+
+    @socketio.on("my event", namespace="/test")
+    def test_message(message):
+        emit("my response", {"data": message["data"]})
+
+    if __name__ == "__main__":
+        socketio.run(host="127.0.0.1", port=5000)
+
+The wire format is docs/protocol.md; ``protocol.py`` parses and encodes it, ``registry.py``
+keeps namespace and room membership. This module owns asyncio and the sockets.
+
+Errors are converted in one place per direction: a :class:`protocol.ProtocolError` is the
+client's fault and becomes an ``error`` event; an exception from application code is logged
+with its traceback and the client gets a generic ``handler_error``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import inspect
+import json
+import logging
+import secrets
+import signal
+import ssl as ssl_module
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from protocol import (
+    ACK,
+    CONNECT,
+    CONNECT_ERROR,
+    DEFAULT_NAMESPACE,
+    DISCONNECT,
+    ERROR,
+    HEARTBEAT,
+    MAX_DEPTH,
+    MAX_EVENT_LENGTH,
+    PROTOCOL_VERSION,
+    CloseCode,
+    Envelope,
+    ProtocolError,
+    decode,
+    encode,
+    encode_error,
+    error_frame,
+)
+from registry import Registry
+
+logger = logging.getLogger("plainsocket")
+
+HERE = Path(__file__).resolve().parent
+OPEN = State.OPEN
+HEARTBEAT_FRAME = encode(HEARTBEAT).encode()
+
+# Disconnect reasons passed to disconnect handlers (as in Socket.IO).
+CLIENT_DISCONNECT = "client disconnect"
+TRANSPORT_CLOSE = "transport close"
+PING_TIMEOUT = "ping timeout"
+SERVER_DISCONNECT = "server disconnect"
+SERVER_SHUTDOWN = "server shutdown"
+SLOW_CONSUMER = "slow consumer"
+RATE_LIMITED = "rate limited"
+TOO_MANY_CONNECTIONS = "too many connections"
+
+
+class CallTimeoutError(Exception):
+    """The client did not acknowledge a :meth:`SocketServer.call` in time."""
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before acknowledging a :meth:`SocketServer.call`."""
+
+
+class LimitExceededError(Exception):
+    """A per-connection limit (rooms, pending acknowledgements) was reached."""
+
+
+# -- Handlers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Handler:
+    fn: Callable[..., Any]
+    is_async: bool
+    arity: int  # how many of the arguments the function accepts
+
+
+def _make_handler(fn: Callable[..., Any]) -> _Handler:
+    """Inspect ``fn`` once, at registration, instead of guessing on every call."""
+    positional = 0
+    for parameter in inspect.signature(fn).parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            positional = 2
+            break
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return _Handler(fn, inspect.iscoroutinefunction(fn), positional)
+
+
+class Namespace:
+    """A class-based namespace: ``on_<event>`` methods are its handlers.
+
+    Event names with spaces reach the method with underscores: ``my event`` calls
+    ``on_my_event``. Register an instance with :meth:`SocketServer.register_namespace`.
+    """
+
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self.namespace = namespace
+        self.server: SocketServer | None = None
+
+    def handlers(self) -> Iterator[tuple[str, Callable[..., Any]]]:
+        """Yield (event, bound method) for every ``on_<event>`` method."""
+        for name in dir(type(self)):
+            if name.startswith("on_") and callable(getattr(self, name)):
+                event = name[3:]
+                yield event, getattr(self, name)
+                if "_" in event:
+                    yield event.replace("_", " "), getattr(self, name)
+
+    def emit(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        to: str | list[str] | None = None,
+        skip_sid: str | list[str] | None = None,
+    ) -> None:
+        """Emit to this namespace (see :meth:`SocketServer.emit`)."""
+        assert self.server is not None, "register the namespace first"
+        self.server.emit(event, data, namespace=self.namespace, to=to, skip_sid=skip_sid)
+
+
+# -- One connection ------------------------------------------------------------------------
+
+
+class Connection:
+    """One WebSocket client: its sid, namespaces, pending acknowledgements and write path."""
+
+    __slots__ = (
+        "address",
+        "backlog",
+        "close_reason",
+        "hold",
+        "namespaces",
+        "next_ack_id",
+        "pending",
+        "progress",
+        "refused",
+        "server",
+        "sessions",
+        "sid",
+        "stalled_since",
+        "stamp",
+        "tokens",
+        "worker",
+        "written",
+        "ws",
+    )
+
+    def __init__(self, server: SocketServer, ws: ServerConnection) -> None:
+        self.ws = ws
+        self.server = server
+        self.sid = secrets.token_urlsafe(16)
+        remote = ws.remote_address
+        self.address: str = remote[0] if remote else "?"
+        self.namespaces: set[str] = set()
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.pending: dict[int, asyncio.Future[Any]] = {}  # server -> client acks
+        self.next_ack_id = 0
+        self.tokens = float(server.rate_burst)
+        self.stamp = time.monotonic()
+        self.refused = 0  # frames refused in a row by the rate limit
+        self.backlog: deque[Envelope] | None = None  # frames waiting for an async handler
+        self.worker: asyncio.Task[None] | None = None
+        self.hold: list[bytes] | None = None  # frames held back while a connect handler runs
+        self.close_reason: str | None = None
+        self.written = 0  # bytes handed to the transport, for the slow-consumer watchdog
+        self.progress = 0
+        self.stalled_since: float | None = None
+
+    def send(self, frame: bytes) -> None:
+        """Queue one text frame without waiting: no single client can delay the others."""
+        if self.hold is not None:
+            self.hold.append(frame)
+            return
+        ws = self.ws
+        if ws.protocol.state is not OPEN:
+            return
+        if ws.transport.get_write_buffer_size() > self.server.max_send_buffer:
+            # The bound is ours to enforce: websockets buffers without limit here.
+            self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
+            return
+        ws.protocol.send_text(frame)
+        try:
+            ws.send_data()
+        except Exception:  # the transport failed; connection_lost() reports it
+            return
+        self.written += len(frame)
+
+    def send_text(self, text: str) -> None:
+        self.send(text.encode())
+
+    def close(self, code: int, reason: str, why: str) -> None:
+        """Start the closing handshake now; abort the TCP connection if it does not finish.
+
+        ``ServerConnection.close()`` would wait behind a full write buffer, which is exactly
+        the case of a slow consumer, so drive the sans-I/O protocol directly.
+        """
+        if self.close_reason is None:
+            self.close_reason = why
+        self.hold = None
+        ws = self.ws
+        if ws.protocol.state is OPEN:
+            ws.protocol.send_close(code, reason)
+            try:
+                ws.send_data()
+            except Exception:
+                pass
+        asyncio.get_running_loop().call_later(self.server.close_timeout, ws.transport.abort)
+
+    def expect_ack(self) -> tuple[int, asyncio.Future[Any]]:
+        if len(self.pending) >= self.server.max_pending_acks:
+            raise LimitExceededError(f"more than {self.server.max_pending_acks} pending acknowledgements")
+        self.next_ack_id += 1
+        future = asyncio.get_running_loop().create_future()
+        self.pending[self.next_ack_id] = future
+        return self.next_ack_id, future
+
+
+# -- Handler context -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    server: SocketServer
+    conn: Connection
+    namespace: str
+
+
+_current: contextvars.ContextVar[_Context] = contextvars.ContextVar("plainsocket_context")
+
+
+def _context() -> _Context:
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("this works only inside an event handler; use the SocketServer methods") from None
+
+
+class _Request:
+    """The current client, inside a handler: ``request.sid``, ``request.namespace``, ..."""
+
+    @property
+    def sid(self) -> str:
+        return _context().conn.sid
+
+    @property
+    def namespace(self) -> str:
+        return _context().namespace
+
+    @property
+    def headers(self) -> Headers:
+        request = _context().conn.ws.request
+        return request.headers if request is not None else Headers()
+
+    @property
+    def path(self) -> str:
+        request = _context().conn.ws.request
+        return request.path if request is not None else "/"
+
+    @property
+    def remote_address(self) -> str:
+        return _context().conn.address
+
+
+class _Session(MutableMapping[str, Any]):
+    """The current client's session dict for the current namespace, inside a handler."""
+
+    def _data(self) -> dict[str, Any]:
+        context = _context()
+        return context.conn.sessions.setdefault(context.namespace, {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
+request = _Request()
+session = _Session()
+
+
+def emit(
+    event: str,
+    data: Any = None,
+    *,
+    namespace: str | None = None,
+    to: str | list[str] | None = None,
+    broadcast: bool = False,
+    include_self: bool = True,
+    skip_sid: str | list[str] | None = None,
+) -> None:
+    """Emit from inside a handler: to the current client, or with ``to``/``broadcast`` wider."""
+    context = _context()
+    namespace = namespace or context.namespace
+    if to is None and not broadcast:
+        context.conn.send_text(encode(event, data, namespace))
+        return
+    if not include_self:
+        skip_sid = _with(skip_sid, context.conn.sid)
+    context.server.emit(event, data, namespace=namespace, to=to, skip_sid=skip_sid)
+
+
+def send(data: Any, *, json: bool = False, **options: Any) -> None:
+    """Emit a ``message`` event (``json`` with ``json=True``), as Flask-SocketIO does."""
+    emit("json" if json else "message", data, **options)
+
+
+def join_room(room: str, sid: str | None = None, namespace: str | None = None) -> None:
+    """Put the current client (or ``sid``) in ``room``."""
+    context = _context()
+    context.server.enter_room(sid or context.conn.sid, room, namespace=namespace or context.namespace)
+
+
+def leave_room(room: str, sid: str | None = None, namespace: str | None = None) -> None:
+    """Take the current client (or ``sid``) out of ``room``."""
+    context = _context()
+    context.server.leave_room(sid or context.conn.sid, room, namespace=namespace or context.namespace)
+
+
+def close_room(room: str, namespace: str | None = None) -> None:
+    """Take everyone out of ``room``."""
+    context = _context()
+    context.server.close_room(room, namespace=namespace or context.namespace)
+
+
+def rooms(sid: str | None = None, namespace: str | None = None) -> list[str]:
+    """Return the rooms of the current client (or ``sid``), its own sid room included."""
+    context = _context()
+    return context.server.rooms(sid or context.conn.sid, namespace=namespace or context.namespace)
+
+
+def disconnect(sid: str | None = None, namespace: str | None = None) -> None:
+    """Disconnect the current client (or ``sid``) from the current namespace."""
+    context = _context()
+    context.server.disconnect(sid or context.conn.sid, namespace=namespace or context.namespace)
+
+
+def _with(skip_sid: str | list[str] | None, sid: str) -> list[str]:
+    if skip_sid is None:
+        return [sid]
+    if isinstance(skip_sid, str):
+        return [skip_sid, sid]
+    return [*skip_sid, sid]
+
+
+# -- The server ------------------------------------------------------------------------------
+
+
+class SocketServer:
+    """An event server: namespaces, rooms, broadcasts and acknowledgements over WebSockets.
+
+    Constructing it has no side effects; nothing listens until :meth:`start` or :meth:`run`.
+    Every option is keyword-only; ``None`` disables a timeout.
+    """
+
+    def __init__(
+        self,
+        *,
+        # Timeouts (seconds)
+        ping_interval: float | None = 25.0,
+        ping_timeout: float | None = 20.0,
+        open_timeout: float | None = 10.0,
+        close_timeout: float = 5.0,
+        send_timeout: float = 30.0,
+        # Limits
+        max_message_size: int = 2**20,
+        max_depth: int = MAX_DEPTH,
+        max_event_length: int = MAX_EVENT_LENGTH,
+        max_namespaces: int = 32,
+        max_rooms: int = 256,
+        max_pending_acks: int = 256,
+        max_backlog: int = 1024,
+        rate_limit: float = 100.0,
+        rate_burst: int = 200,
+        max_connections: int = 10_000,
+        max_connections_per_address: int = 1_000,
+        max_send_buffer: int = 2**20,
+        # Security
+        allowed_origins: Iterable[str] | str | None = None,
+        # Transport
+        compression: bool = False,
+    ) -> None:
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.send_timeout = send_timeout
+        self.max_message_size = max_message_size
+        self.max_depth = max_depth
+        self.max_event_length = max_event_length
+        self.max_namespaces = max_namespaces
+        self.max_rooms = max_rooms
+        self.max_pending_acks = max_pending_acks
+        self.max_backlog = max_backlog
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.max_send_buffer = max_send_buffer
+        self.allowed_origins = _parse_origins(allowed_origins)
+        self.compression = compression
+
+        self.registry = Registry()
+        self._handlers: dict[str, dict[str, _Handler]] = {DEFAULT_NAMESPACE: {}}
+        self._connections: dict[str, Connection] = {}
+        self._per_address: dict[str, int] = {}
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.port: int | None = None
+        self.url: str | None = None
+
+    # -- Registration --------------------------------------------------------------------
+
+    def on(self, event: str, namespace: str = DEFAULT_NAMESPACE) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated function as the handler of ``event`` in ``namespace``.
+
+        ``connect`` handlers receive the client's auth data and may refuse it by returning
+        ``False`` or raising ``ConnectionRefusedError(message)``; ``disconnect`` handlers
+        receive the reason; ``*`` catches events that have no handler of their own and receives
+        ``(event, data)``. Any other handler receives the event's data; its return value is the
+        acknowledgement. Handlers may be ``def`` or ``async def``.
+        """
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.on_event(event, fn, namespace)
+            return fn
+
+        return register
+
+    def on_event(self, event: str, handler: Callable[..., Any], namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Register ``handler`` for ``event`` in ``namespace`` (the non-decorator form of :meth:`on`)."""
+        if not namespace.startswith("/"):
+            raise ValueError("a namespace starts with '/'")
+        self._handlers.setdefault(namespace, {})[event] = _make_handler(handler)
+
+    def register_namespace(self, namespace: Namespace) -> None:
+        """Register a class-based :class:`Namespace`."""
+        namespace.server = self
+        self._handlers.setdefault(namespace.namespace, {})
+        for event, method in namespace.handlers():
+            self.on_event(event, method, namespace.namespace)
+
+    # -- Emitting --------------------------------------------------------------------------
+
+    def emit(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        to: str | Iterable[str] | None = None,
+        skip_sid: str | Iterable[str] | None = None,
+    ) -> int:
+        """Emit ``event`` to everyone in ``namespace``, or to a room, a sid, or a list of them.
+
+        The frame is encoded once and written to every recipient without waiting for any of
+        them. Returns how many clients it was written to.
+        """
+        frame = encode(event, data, namespace).encode()
+        return self._deliver(namespace, frame, to, skip_sid)
+
+    def send(self, data: Any, *, json: bool = False, **options: Any) -> int:
+        """Emit a ``message`` event (``json`` with ``json=True``)."""
+        return self.emit("json" if json else "message", data, **options)
+
+    def _deliver(
+        self, namespace: str, frame: bytes, to: str | Iterable[str] | None, skip_sid: str | Iterable[str] | None
+    ) -> int:
+        recipients = self.registry.recipients(namespace, to)
+        if skip_sid is not None:
+            recipients = recipients - ({skip_sid} if isinstance(skip_sid, str) else set(skip_sid))
+        connections = self._connections
+        count = 0
+        # Copy: a write may fail and start a disconnect, which changes membership.
+        for sid in tuple(recipients):
+            conn = connections.get(sid)
+            if conn is not None:
+                conn.send(frame)
+                count += 1
+        return count
+
+    async def call(
+        self, event: str, data: Any = None, *, to: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 60.0
+    ) -> Any:
+        """Emit ``event`` asking for an acknowledgement, and return it.
+
+        Addressed to a sid, return that client's acknowledgement data. Addressed to a room,
+        return the list of acknowledgements received from its members within ``timeout``.
+
+        Raises:
+            CallTimeoutError: (to a sid) no acknowledgement within ``timeout``.
+            ClientDisconnectedError: (to a sid) the client is not connected or went away.
+            LimitExceededError: (to a sid) too many acknowledgements are pending already.
+        """
+        conn = self._connections.get(to)
+        if conn is not None and self.registry.is_connected(namespace, to):
+            return await self._call_one(conn, event, data, namespace, timeout)
+        members = [c for sid in tuple(self.registry.members(namespace, to)) if (c := self._connections.get(sid))]
+        results = await asyncio.gather(
+            *(self._call_one(c, event, data, namespace, timeout) for c in members), return_exceptions=True
+        )
+        return [result for result in results if not isinstance(result, BaseException)]
+
+    async def _call_one(self, conn: Connection, event: str, data: Any, namespace: str, timeout: float) -> Any:
+        if conn.ws.protocol.state is not OPEN:
+            raise ClientDisconnectedError(conn.sid)
+        id, future = conn.expect_ack()
+        try:
+            conn.send_text(encode(event, data, namespace, id))
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise CallTimeoutError(f"no acknowledgement of {event!r} from {conn.sid} in {timeout} s") from None
+        finally:
+            conn.pending.pop(id, None)
+
+    # -- Rooms and tracking ----------------------------------------------------------------
+
+    def enter_room(self, sid: str, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Put ``sid`` in ``room``.
+
+        Raises:
+            LimitExceededError: the client is in ``max_rooms`` rooms already.
+        """
+        if not self.registry.is_connected(namespace, sid):
+            return
+        if self.registry.room_count(namespace, sid) >= self.max_rooms + 1:  # + its own sid room
+            raise LimitExceededError(f"more than {self.max_rooms} rooms")
+        self.registry.enter_room(namespace, sid, room)
+
+    def leave_room(self, sid: str, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Take ``sid`` out of ``room``."""
+        self.registry.leave_room(namespace, sid, room)
+
+    def close_room(self, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Take every member out of ``room``."""
+        self.registry.close_room(namespace, room)
+
+    def rooms(self, sid: str, *, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+        """Return the rooms ``sid`` is in (its own sid room first)."""
+        found = self.registry.rooms(namespace, sid)
+        if sid in found:
+            found.discard(sid)
+            return [sid, *sorted(found)]
+        return sorted(found)
+
+    def members(self, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+        """Return the sids in ``room``."""
+        return sorted(self.registry.members(namespace, room))
+
+    def sids(self, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+        """Return the sids connected to ``namespace``."""
+        return sorted(self.registry.sids(namespace))
+
+    def connection_count(self, namespace: str | None = None) -> int:
+        """Count the clients of ``namespace``, or every open WebSocket when ``namespace`` is None."""
+        if namespace is None:
+            return len(self._connections)
+        return self.registry.count(namespace)
+
+    def disconnect(self, sid: str, *, namespace: str | None = None) -> None:
+        """Disconnect ``sid`` from ``namespace``, or close its WebSocket (code 4001) when None."""
+        conn = self._connections.get(sid)
+        if conn is None:
+            return
+        if namespace is None:
+            conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
+        elif namespace in conn.namespaces:
+            self._spawn(self._leave(conn, namespace, SERVER_DISCONNECT, notify=True))
+
+    def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any) -> asyncio.Task[Any]:
+        """Run ``target(*args)`` as a task the server keeps a reference to."""
+        return self._spawn(target(*args))
+
+    sleep = staticmethod(asyncio.sleep)
+
+    # -- Lifecycle ---------------------------------------------------------------------------
+
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one; see :attr:`port`)."""
+        self._static = _load_static()
+        self._server = await serve(
+            self._serve,
+            host,
+            port,
+            process_request=self._process_request,
+            compression="deflate" if self.compression else None,
+            max_size=self.max_message_size,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            open_timeout=self.open_timeout,
+            close_timeout=self.close_timeout,
+            server_header=None,
+            ssl=ssl,
+            reuse_port=reuse_port,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        scheme = "https" if ssl else "http"
+        self.url = f"{'wss' if ssl else 'ws'}://{host}:{self.port}"
+        self._spawn(self._watch_slow_consumers())
+        logger.info("listening on %s://%s:%d", scheme, host, self.port)
+
+    async def shutdown(self) -> None:
+        """Close every client with 1001, run their disconnect handlers, stop listening."""
+        if self._server is None or self._closing:
+            return
+        self._closing = True
+        for conn in list(self._connections.values()):
+            conn.close(CloseCode.SHUTDOWN, SERVER_SHUTDOWN, SERVER_SHUTDOWN)
+        self._server.close(close_connections=True)
+        await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        logger.info("server stopped")
+
+    def run(self, host: str = "127.0.0.1", port: int = 5000, *, ssl: ssl_module.SSLContext | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then shut down cleanly (blocking)."""
+        _run_loop(self._serve_until_signal(host, port, ssl))
+
+    async def _serve_until_signal(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start(host, port, ssl=ssl)
+        await stop.wait()
+        logger.info("shutting down")
+        await self.shutdown()
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- HTTP on the same port ---------------------------------------------------------------
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return self._http(connection, request)
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin, request.headers.get("Host", "")):
+            # Cross-site WebSocket hijacking defence: browsers always send Origin.
+            logger.warning("refused origin %s", _safe(origin))
+            return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        return None
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        if self.allowed_origins == "*":
+            return True
+        if origin in self.allowed_origins:
+            return True
+        # Same origin: compare the parsed host[:port] exactly, never by substring.
+        return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+
+    def _http(self, connection: ServerConnection, request: Request) -> Response:
+        path = urlsplit(request.path).path
+        if path == "/healthz":
+            return _response(connection, HTTPStatus.OK, json.dumps(self.health()), "application/json")
+        static = self._static.get(path)
+        if static is None:
+            return _response(connection, HTTPStatus.NOT_FOUND, "not found\n", "text/plain; charset=utf-8")
+        body, content_type = static
+        return _response(connection, HTTPStatus.OK, body, content_type)
+
+    def health(self) -> dict[str, Any]:
+        """Return what ``GET /healthz`` reports."""
+        return {
+            "status": "ok",
+            "connections": len(self._connections),
+            "namespaces": {ns: self.registry.count(ns) for ns in self.registry.namespaces()},
+        }
+
+    # -- One connection's life ---------------------------------------------------------------
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        conn = Connection(self, ws)
+        if self._over_connection_limit(conn):
+            conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS)
+            await ws.wait_closed()
+            return
+        self._connections[conn.sid] = conn
+        self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
+        logger.info("connect sid=%s address=%s", conn.sid, conn.address)
+        try:
+            pending = self._connect_namespace(conn, DEFAULT_NAMESPACE, None)
+            if pending is not None:
+                await pending
+            async for message in ws:
+                if type(message) is str:
+                    self._on_text(conn, message)
+                else:
+                    self._on_binary(conn)
+        except ConnectionClosed:
+            pass
+        finally:
+            await self._drop(conn)
+
+    def _over_connection_limit(self, conn: Connection) -> bool:
+        if len(self._connections) >= self.max_connections:
+            return True
+        return self._per_address.get(conn.address, 0) >= self.max_connections_per_address
+
+    async def _drop(self, conn: Connection) -> None:
+        """Forget a closed connection: run each namespace's disconnect handler exactly once."""
+        reason = conn.close_reason or _close_reason(conn.ws)
+        if conn.worker is not None:
+            conn.worker.cancel()
+        for future in conn.pending.values():
+            if not future.done():
+                future.set_exception(ClientDisconnectedError(conn.sid))
+        conn.pending.clear()
+        for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
+            await self._leave(conn, namespace, reason, notify=False)
+        del self._connections[conn.sid]
+        remaining = self._per_address[conn.address] - 1
+        if remaining:
+            self._per_address[conn.address] = remaining
+        else:
+            del self._per_address[conn.address]
+        logger.info("disconnect sid=%s address=%s reason=%s", conn.sid, conn.address, reason)
+
+    def _admit(self, conn: Connection) -> bool:
+        """Apply the per-connection token bucket; refuse (and eventually close) a flood."""
+        now = time.monotonic()
+        tokens = min(self.rate_burst, conn.tokens + (now - conn.stamp) * self.rate_limit)
+        conn.stamp = now
+        if tokens >= 1.0:
+            conn.tokens = tokens - 1.0
+            conn.refused = 0
+            return True
+        conn.tokens = tokens
+        conn.refused += 1
+        if conn.refused > self.rate_burst:
+            conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", RATE_LIMITED)
+        else:
+            conn.send_text(encode_error("rate_limited", f"more than {self.rate_limit:g} frames per second"))
+        return False
+
+    def _on_binary(self, conn: Connection) -> None:
+        if self._admit(conn):
+            conn.send_text(encode_error("binary_unsupported", "binary frames are not part of protocol v1"))
+
+    def _on_text(self, conn: Connection, text: str) -> None:
+        if not self._admit(conn):
+            return
+        try:
+            envelope = decode(text, max_depth=self.max_depth, max_event_length=self.max_event_length)
+        except ProtocolError as exc:
+            conn.send_text(error_frame(exc))
+            return
+        event = envelope.event
+        if event == ACK:
+            self._resolve_ack(conn, envelope)
+        elif event == HEARTBEAT:
+            conn.send(HEARTBEAT_FRAME)
+        elif conn.backlog is not None:
+            # An async handler is running: keep the client's order by queueing behind it.
+            if len(conn.backlog) >= self.max_backlog:
+                self._refuse(conn, envelope, "limit_exceeded", "too many frames waiting for a handler")
+            else:
+                conn.backlog.append(envelope)
+        else:
+            pending = self._process(conn, envelope)
+            if pending is not None:
+                conn.backlog = deque()
+                conn.worker = asyncio.ensure_future(self._work(conn, pending))
+
+    async def _work(self, conn: Connection, pending: Awaitable[None]) -> None:
+        """Run an async handler, then the frames that arrived meanwhile, in order."""
+        backlog = conn.backlog
+        assert backlog is not None
+        try:
+            while True:
+                await pending
+                next_pending = None
+                while backlog and next_pending is None:
+                    next_pending = self._process(conn, backlog.popleft())
+                if next_pending is None:
+                    return
+                pending = next_pending
+        finally:
+            conn.backlog = None
+            conn.worker = None
+
+    def _process(self, conn: Connection, envelope: Envelope) -> Awaitable[None] | None:
+        """Handle one frame; return an awaitable when an async handler must finish it."""
+        event, namespace = envelope.event, envelope.namespace
+        if event == CONNECT:
+            return self._connect_namespace(conn, namespace, envelope.data)
+        if event == DISCONNECT:
+            return (
+                self._leave(conn, namespace, CLIENT_DISCONNECT, notify=False) if namespace in conn.namespaces else None
+            )
+        if event == ERROR or event == CONNECT_ERROR:
+            self._refuse(conn, envelope, "reserved_event", f"{event!r} is reserved for the server")
+            return None
+        if namespace not in conn.namespaces:
+            self._refuse(conn, envelope, "not_connected", f"not connected to namespace {namespace!r}")
+            return None
+        handlers = self._handlers[namespace]
+        handler = handlers.get(event)
+        args: tuple[Any, ...] = (envelope.data,)
+        if handler is None:
+            handler = handlers.get("*")
+            args = (event, envelope.data)
+            if handler is None or event in (CONNECT, DISCONNECT):
+                self._refuse(conn, envelope, "unknown_event", "no handler for this event")
+                return None
+        if handler.is_async:
+            return self._finish_async(conn, envelope, handler, args)
+        try:
+            result = self._run(conn, namespace, handler, args)
+        except Exception as exc:
+            self._handler_failed(conn, envelope, exc)
+            return None
+        if envelope.id is not None:
+            self._ack(conn, envelope, result)
+        return None
+
+    async def _finish_async(
+        self, conn: Connection, envelope: Envelope, handler: _Handler, args: tuple[Any, ...]
+    ) -> None:
+        try:
+            result = await self._run_async(conn, envelope.namespace, handler, args)
+        except Exception as exc:
+            self._handler_failed(conn, envelope, exc)
+            return
+        if envelope.id is not None:
+            self._ack(conn, envelope, result)
+
+    def _run(self, conn: Connection, namespace: str, handler: _Handler, args: tuple[Any, ...]) -> Any:
+        """Call a sync handler with the context helpers bound to ``conn`` and ``namespace``."""
+        token = _current.set(_Context(self, conn, namespace))
+        try:
+            return handler.fn(*args[: handler.arity])
+        finally:
+            _current.reset(token)
+
+    async def _run_async(self, conn: Connection, namespace: str, handler: _Handler, args: tuple[Any, ...]) -> Any:
+        """Await an async handler; the context is set in the task that runs it."""
+        token = _current.set(_Context(self, conn, namespace))
+        try:
+            return await handler.fn(*args[: handler.arity])
+        finally:
+            _current.reset(token)
+
+    def _ack(self, conn: Connection, envelope: Envelope, result: Any) -> None:
+        try:
+            frame = encode(ACK, result, envelope.namespace, envelope.id)
+        except (TypeError, ValueError) as exc:
+            self._handler_failed(conn, envelope, exc)
+            return
+        conn.send_text(frame)
+
+    def _handler_failed(self, conn: Connection, envelope: Envelope, exc: Exception) -> None:
+        if isinstance(exc, LimitExceededError):
+            self._refuse(conn, envelope, "limit_exceeded", str(exc))
+            return
+        logger.error(
+            "handler of %s in %s failed (sid=%s)",
+            _safe(envelope.event),
+            _safe(envelope.namespace),
+            conn.sid,
+            exc_info=exc,
+        )
+        self._refuse(conn, envelope, "handler_error", "the event handler failed")
+
+    def _refuse(self, conn: Connection, envelope: Envelope, code: str, message: str) -> None:
+        conn.send_text(encode_error(code, message, envelope.namespace, envelope.id))
+
+    def _resolve_ack(self, conn: Connection, envelope: Envelope) -> None:
+        future = conn.pending.pop(envelope.id, None) if envelope.id is not None else None
+        if future is None:
+            self._refuse(conn, envelope, "unknown_ack", "no acknowledgement with this id is pending")
+        elif not future.done():
+            future.set_result(envelope.data)
+
+    # -- Namespaces --------------------------------------------------------------------------
+
+    def _connect_namespace(self, conn: Connection, namespace: str, auth: Any) -> Awaitable[None] | None:
+        handlers = self._handlers.get(namespace)
+        if handlers is None:
+            conn.send_text(encode(CONNECT_ERROR, {"message": "unknown namespace"}, namespace))
+            return None
+        if namespace in conn.namespaces:
+            conn.send_text(self._connect_frame(conn, namespace))
+            return None
+        if len(conn.namespaces) >= self.max_namespaces:
+            conn.send_text(encode(CONNECT_ERROR, {"message": "too many namespaces"}, namespace))
+            return None
+        # Join provisionally so the connect handler can use rooms and emit; hold this
+        # client's frames until the handler accepts, so that `connect` comes first.
+        self.registry.connect(namespace, conn.sid)
+        conn.namespaces.add(namespace)
+        handler = handlers.get(CONNECT)
+        if handler is None:
+            self._settle_connect(conn, namespace, None)
+            return None
+        conn.hold = []
+        if handler.is_async:
+            return self._connect_async(conn, namespace, handler, auth)
+        try:
+            refusal = _refusal(self._run(conn, namespace, handler, (auth,)))
+        except Exception as exc:
+            refusal = self._connect_failed(conn, namespace, exc)
+        self._settle_connect(conn, namespace, refusal)
+        return None
+
+    async def _connect_async(self, conn: Connection, namespace: str, handler: _Handler, auth: Any) -> None:
+        try:
+            refusal = _refusal(await self._run_async(conn, namespace, handler, (auth,)))
+        except Exception as exc:
+            refusal = self._connect_failed(conn, namespace, exc)
+        self._settle_connect(conn, namespace, refusal)
+
+    def _connect_failed(self, conn: Connection, namespace: str, exc: Exception) -> str:
+        if isinstance(exc, ConnectionRefusedError):
+            return str(exc.args[0]) if exc.args else "connection refused"
+        logger.error("connect handler of %s failed (sid=%s)", _safe(namespace), conn.sid, exc_info=exc)
+        return "connection refused"
+
+    def _settle_connect(self, conn: Connection, namespace: str, refusal: str | None) -> None:
+        held, conn.hold = conn.hold or [], None
+        if refusal is None:
+            conn.send_text(self._connect_frame(conn, namespace))
+        else:
+            # A refused client receives nothing from that namespace.
+            self.registry.disconnect(namespace, conn.sid)
+            conn.namespaces.discard(namespace)
+            conn.sessions.pop(namespace, None)
+            conn.send_text(encode(CONNECT_ERROR, {"message": refusal}, namespace))
+            held = [frame for frame in held if json.loads(frame)["namespace"] != namespace]
+        for frame in held:
+            conn.send(frame)
+
+    def _connect_frame(self, conn: Connection, namespace: str) -> str:
+        data: dict[str, Any] = {"sid": conn.sid}
+        if namespace == DEFAULT_NAMESPACE:
+            data["protocol"] = PROTOCOL_VERSION
+        return encode(CONNECT, data, namespace)
+
+    async def _leave(self, conn: Connection, namespace: str, reason: str, *, notify: bool) -> None:
+        """Take ``conn`` out of ``namespace`` and run its disconnect handler once."""
+        if namespace not in conn.namespaces:
+            return
+        conn.namespaces.discard(namespace)
+        handler = self._handlers[namespace].get(DISCONNECT)
+        if handler is not None:
+            try:
+                if handler.is_async:
+                    await self._run_async(conn, namespace, handler, (reason,))
+                else:
+                    self._run(conn, namespace, handler, (reason,))
+            except Exception:
+                logger.exception("disconnect handler of %s failed (sid=%s)", _safe(namespace), conn.sid)
+        self.registry.disconnect(namespace, conn.sid)
+        conn.sessions.pop(namespace, None)
+        if notify:
+            conn.send_text(encode(DISCONNECT, None, namespace))
+
+    # -- Slow consumers ---------------------------------------------------------------------
+
+    async def _watch_slow_consumers(self) -> None:
+        """Close clients whose write buffer has not moved for ``send_timeout`` seconds.
+
+        websockets' keepalive can not catch them: its ping waits behind the full buffer.
+        """
+        interval = min(1.0, self.send_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self._connections.values()):
+                buffered = conn.ws.transport.get_write_buffer_size()
+                progress = conn.written - buffered
+                if buffered == 0 or progress > conn.progress:
+                    conn.stalled_since = None
+                elif conn.stalled_since is None:
+                    conn.stalled_since = now
+                elif now - conn.stalled_since > self.send_timeout:
+                    conn.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
+                conn.progress = progress
+
+
+# -- Helpers -------------------------------------------------------------------------------
+
+
+def _refusal(result: Any) -> str | None:
+    return "connection refused" if result is False else None
+
+
+def _close_reason(ws: ServerConnection) -> str:
+    """Tell why a connection closed, from what the closing handshake left behind."""
+    protocol = ws.protocol
+    if protocol.close_rcvd is not None and protocol.close_sent is not None:
+        if protocol.close_rcvd_then_sent or protocol.close_sent.reason != "keepalive ping timeout":
+            return CLIENT_DISCONNECT
+    sent = protocol.close_sent
+    if sent is not None and sent.reason == "keepalive ping timeout":
+        return PING_TIMEOUT
+    if protocol.close_rcvd is not None:
+        return CLIENT_DISCONNECT
+    return TRANSPORT_CLOSE
+
+
+def _safe(text: str, limit: int = 100) -> str:
+    """Render client-provided text for a log line: quoted, escaped, truncated."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def _parse_origins(origins: Iterable[str] | str | None) -> frozenset[str] | str:
+    if origins is None:
+        return frozenset()
+    if isinstance(origins, str):
+        origins = [part.strip() for part in origins.split(",") if part.strip()]
+    origins = list(origins)
+    if "*" in origins:
+        logger.warning("allowed_origins '*': any web site can drive your users' sockets")
+        return "*"
+    return frozenset(origin.rstrip("/") for origin in origins)
+
+
+def _load_static() -> dict[str, tuple[str, str]]:
+    files = {
+        "/": ("client.html", "text/html; charset=utf-8"),
+        "/client.js": ("client.js", "text/javascript; charset=utf-8"),
+    }
+    static = {}
+    for path, (name, content_type) in files.items():
+        file = HERE / name
+        if file.exists():
+            static[path] = (file.read_text(encoding="utf-8"), content_type)
+    return static
+
+
+def _response(connection: ServerConnection, status: HTTPStatus, body: str, content_type: str) -> Response:
+    response = connection.respond(status, body)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = content_type
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def _run_loop(main: Awaitable[None]) -> None:
+    """Run ``main`` on uvloop when it is installed (faster), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+    else:
+        uvloop.run(main)  # type: ignore[arg-type]
+
+
+# -- Command line ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Run the plainsocket demo app.")
+    add = parser.add_argument
+    add("--host", default="127.0.0.1")
+    add("--port", type=int, default=5000, help="0 picks a free port (default 5000)")
+    add("--ping-interval", type=float, default=25.0)
+    add("--ping-timeout", type=float, default=20.0)
+    add("--open-timeout", type=float, default=10.0)
+    add("--close-timeout", type=float, default=5.0)
+    add("--send-timeout", type=float, default=30.0, help="close a client whose writes stall this long")
+    add("--max-message-size", type=int, default=2**20)
+    add("--max-depth", type=int, default=MAX_DEPTH)
+    add("--max-event-length", type=int, default=MAX_EVENT_LENGTH)
+    add("--max-namespaces", type=int, default=32)
+    add("--max-rooms", type=int, default=256)
+    add("--max-pending-acks", type=int, default=256)
+    add("--rate-limit", type=float, default=100.0, help="frames per second per connection")
+    add("--rate-burst", type=int, default=200)
+    add("--max-connections", type=int, default=10_000)
+    add("--max-connections-per-address", type=int, default=1_000)
+    add("--max-send-buffer", type=int, default=2**20, help="bytes queued per client before it is dropped")
+    add("--allowed-origins", default=None, help="comma-separated origins, or '*' (default: same origin)")
+    add("--compression", action="store_true", help="enable permessage-deflate (~32 KiB more per connection)")
+    add("--certfile", default=None)
+    add("--keyfile", default=None)
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Map command-line flags to :class:`SocketServer` keyword arguments."""
+    names = [
+        "ping_interval",
+        "ping_timeout",
+        "open_timeout",
+        "close_timeout",
+        "send_timeout",
+        "max_message_size",
+        "max_depth",
+        "max_event_length",
+        "max_namespaces",
+        "max_rooms",
+        "max_pending_acks",
+        "rate_limit",
+        "rate_burst",
+        "max_connections",
+        "max_connections_per_address",
+        "max_send_buffer",
+        "allowed_origins",
+        "compression",
+    ]
+    return {name: getattr(args, name) for name in names}
+
+
+def tls_context(certfile: str | None, keyfile: str | None) -> ssl_module.SSLContext | None:
+    if certfile is None:
+        return None
+    context = ssl_module.SSLContext(ssl_module.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile, keyfile)
+    return context
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":
+        # One line per connect and disconnect is ours to write; websockets would add two more.
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+    from demo import create_app
+
+    app = create_app(**server_options(args))
+    app.run(args.host, args.port, ssl=tls_context(args.certfile, args.keyfile))
+
+
+if __name__ == "__main__":
+    # Import under the module's real name so that the app and the handlers share one module.
+    import server
+
+    server.main()
