@@ -100,7 +100,7 @@ def decode(text: str, *, max_depth: int = MAX_DEPTH, max_event_length: int = MAX
     Raises:
         ProtocolError: for any frame that is not a valid, strict-JSON envelope.
     """
-    obj = _loads(text, max_depth)
+    obj = parse_json(text, max_depth)
     if type(obj) is not dict:
         raise ProtocolError("invalid_envelope", "frame must be a JSON object")
     namespace = _check_namespace(obj.get("namespace", DEFAULT_NAMESPACE))
@@ -148,7 +148,12 @@ _decoder = json.JSONDecoder(parse_constant=_reject_constant)
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _loads(text: str, max_depth: int) -> Any:
+def parse_json(text: str, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse strict JSON no deeper than ``max_depth``.
+
+    Raises:
+        ProtocolError: ``invalid_json``, ``not_strict_json`` or ``too_deep``.
+    """
     try:
         obj = _decoder.decode(text)
     except ProtocolError:

@@ -32,7 +32,10 @@ import json
 import logging
 import secrets
 import signal
+import socket
 import ssl as ssl_module
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
@@ -48,6 +51,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+from backplane import BackplaneError, RedisBackplane
 from protocol import (
     ACK,
     CONNECT,
@@ -423,6 +427,10 @@ class SocketServer:
         allowed_origins: Iterable[str] | str | None = None,
         # Transport
         compression: bool = False,
+        # Scale-out
+        message_queue: str | None = None,
+        channel: str = "plainsocket",
+        heartbeat_interval: float = 2.0,
     ) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -443,6 +451,10 @@ class SocketServer:
         self.max_send_buffer = max_send_buffer
         self.allowed_origins = _parse_origins(allowed_origins)
         self.compression = compression
+        self.message_queue = message_queue
+        self.channel = channel
+        self.heartbeat_interval = heartbeat_interval
+        self.backplane: RedisBackplane | None = None
 
         self.registry = Registry()
         self._handlers: dict[str, dict[str, _Handler]] = {DEFAULT_NAMESPACE: {}}
@@ -502,7 +514,11 @@ class SocketServer:
         them. Returns how many clients it was written to.
         """
         frame = encode(event, data, namespace).encode()
-        return self._deliver(namespace, frame, to, skip_sid)
+        count = self._deliver(namespace, frame, to, skip_sid)
+        if self.backplane is not None and not (isinstance(to, str) and to in self._connections):
+            # Deliver locally first, then let the other nodes deliver to theirs.
+            self.backplane.publish_emit(namespace, event, data, to, skip_sid)
+        return count
 
     def send(self, data: Any, *, json: bool = False, **options: Any) -> int:
         """Emit a ``message`` event (``json`` with ``json=True``)."""
@@ -540,11 +556,40 @@ class SocketServer:
         conn = self._connections.get(to)
         if conn is not None and self.registry.is_connected(namespace, to):
             return await self._call_one(conn, event, data, namespace, timeout)
+        if self.backplane is None:
+            results, _, _ = await self.call_local(event, data, to, namespace, timeout)
+            return results
+        (results, _, _), replies = await asyncio.gather(
+            self.call_local(event, data, to, namespace, timeout),
+            self.backplane.call(event, data, to, namespace, timeout),
+        )
+        for reply in replies:
+            if reply["single"]:  # the node that holds this sid answered
+                if reply["error"] == "timeout":
+                    raise CallTimeoutError(f"no acknowledgement of {event!r} from {to} in {timeout} s")
+                if reply["error"] is not None:
+                    raise ClientDisconnectedError(to)
+                return reply["results"][0]
+            results.extend(reply["results"])
+        return results
+
+    async def call_local(
+        self, event: str, data: Any, to: str, namespace: str, timeout: float
+    ) -> tuple[list[Any], str | None, bool]:
+        """Call the clients of this node in ``to``: (acks received, error, whether ``to`` is a local sid)."""
+        conn = self._connections.get(to)
+        if conn is not None and self.registry.is_connected(namespace, to):
+            try:
+                return [await self._call_one(conn, event, data, namespace, timeout)], None, True
+            except CallTimeoutError:
+                return [], "timeout", True
+            except (ClientDisconnectedError, LimitExceededError):
+                return [], "disconnected", True
         members = [c for sid in tuple(self.registry.members(namespace, to)) if (c := self._connections.get(sid))]
         results = await asyncio.gather(
             *(self._call_one(c, event, data, namespace, timeout) for c in members), return_exceptions=True
         )
-        return [result for result in results if not isinstance(result, BaseException)]
+        return [result for result in results if not isinstance(result, BaseException)], None, False
 
     async def _call_one(self, conn: Connection, event: str, data: Any, namespace: str, timeout: float) -> Any:
         if conn.ws.protocol.state is not OPEN:
@@ -568,6 +613,8 @@ class SocketServer:
             LimitExceededError: the client is in ``max_rooms`` rooms already.
         """
         if not self.registry.is_connected(namespace, sid):
+            if self.backplane is not None and sid not in self._connections:
+                self.backplane.publish("enter_room", namespace=namespace, sid=sid, room=room)
             return
         if self.registry.room_count(namespace, sid) >= self.max_rooms + 1:  # + its own sid room
             raise LimitExceededError(f"more than {self.max_rooms} rooms")
@@ -575,11 +622,15 @@ class SocketServer:
 
     def leave_room(self, sid: str, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         """Take ``sid`` out of ``room``."""
+        if self.backplane is not None and sid not in self._connections:
+            self.backplane.publish("leave_room", namespace=namespace, sid=sid, room=room)
         self.registry.leave_room(namespace, sid, room)
 
     def close_room(self, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
-        """Take every member out of ``room``."""
+        """Take every member out of ``room``, on every node."""
         self.registry.close_room(namespace, room)
+        if self.backplane is not None:
+            self.backplane.publish("close_room", namespace=namespace, room=room)
 
     def rooms(self, sid: str, *, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
         """Return the rooms ``sid`` is in (its own sid room first)."""
@@ -603,10 +654,52 @@ class SocketServer:
             return len(self._connections)
         return self.registry.count(namespace)
 
+    async def cluster_sids(self, namespace: str = DEFAULT_NAMESPACE, room: str | None = None) -> list[str]:
+        """Return the sids in ``namespace`` (or in ``room``) on every node of the cluster."""
+        sids, _ = self.local_view(namespace, room)
+        if self.backplane is not None:
+            for reply in await self.backplane.query(namespace, room):
+                sids.extend(reply["sids"] or ())
+        return sorted(set(sids))
+
+    async def cluster_count(self, namespace: str | None = None) -> int:
+        """Count the clients of ``namespace`` (every open WebSocket when None) on every node."""
+        _, count = self.local_view(namespace, None)
+        if self.backplane is not None:
+            count += sum(reply["count"] for reply in await self.backplane.query(namespace, None))
+        return count
+
+    def local_view(self, namespace: str | None, room: str | None) -> tuple[list[str], int]:
+        """Return this node's (sids, count) for ``namespace``/``room`` (all connections when None)."""
+        if namespace is None:
+            return [], len(self._connections)
+        sids = self.registry.sids(namespace) if room is None else self.registry.members(namespace, room)
+        return list(sids), len(sids)
+
+    def apply_remote(self, message: dict[str, Any]) -> None:
+        """Apply a validated message from another node to this node's clients only."""
+        kind, namespace = message["kind"], message["namespace"]
+        if kind == "emit":
+            frame = encode(message["event"], message.get("data"), namespace).encode()
+            self._deliver(namespace, frame, message["to"], message["skip"])
+        elif kind == "enter_room" and self.registry.is_connected(namespace, message["sid"]):
+            try:
+                self.enter_room(message["sid"], message["room"], namespace=namespace)
+            except LimitExceededError:
+                logger.warning("remote enter_room refused: %s is in too many rooms", message["sid"])
+        elif kind == "leave_room":
+            self.registry.leave_room(namespace, message["sid"], message["room"])
+        elif kind == "close_room":
+            self.registry.close_room(namespace, message["room"])
+        elif kind == "disconnect" and message["sid"] in self._connections:
+            self.disconnect(message["sid"], namespace=namespace)
+
     def disconnect(self, sid: str, *, namespace: str | None = None) -> None:
         """Disconnect ``sid`` from ``namespace``, or close its WebSocket (code 4001) when None."""
         conn = self._connections.get(sid)
         if conn is None:
+            if self.backplane is not None:
+                self.backplane.publish("disconnect", namespace=namespace, sid=sid)
             return
         if namespace is None:
             conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
@@ -631,6 +724,12 @@ class SocketServer:
     ) -> None:
         """Listen on ``host:port`` (port 0 picks a free one; see :attr:`port`)."""
         self._static = _load_static()
+        if self.message_queue is not None:
+            # Fail before listening when Redis is unreachable: no half-working node.
+            self.backplane = RedisBackplane(
+                self, self.message_queue, channel=self.channel, heartbeat_interval=self.heartbeat_interval
+            )
+            await self.backplane.start()
         self._server = await serve(
             self._serve,
             host,
@@ -663,18 +762,29 @@ class SocketServer:
         await self._server.wait_closed()
         for task in list(self._tasks):
             task.cancel()
+        if self.backplane is not None:
+            await self.backplane.stop()
         logger.info("server stopped")
 
-    def run(self, host: str = "127.0.0.1", port: int = 5000, *, ssl: ssl_module.SSLContext | None = None) -> None:
+    def run(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        reuse_port: bool = False,
+    ) -> None:
         """Serve until SIGTERM or SIGINT, then shut down cleanly (blocking)."""
-        _run_loop(self._serve_until_signal(host, port, ssl))
+        _run_loop(self._serve_until_signal(host, port, ssl, reuse_port))
 
-    async def _serve_until_signal(self, host: str, port: int, ssl: ssl_module.SSLContext | None) -> None:
+    async def _serve_until_signal(
+        self, host: str, port: int, ssl: ssl_module.SSLContext | None, reuse_port: bool
+    ) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await self.start(host, port, ssl=ssl)
+        await self.start(host, port, ssl=ssl, reuse_port=reuse_port)
         await stop.wait()
         logger.info("shutting down")
         await self.shutdown()
@@ -708,7 +818,9 @@ class SocketServer:
     def _http(self, connection: ServerConnection, request: Request) -> Response:
         path = urlsplit(request.path).path
         if path == "/healthz":
-            return _response(connection, HTTPStatus.OK, json.dumps(self.health()), "application/json")
+            health = self.health()
+            status = HTTPStatus.OK if health["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
+            return _response(connection, status, json.dumps(health), "application/json")
         static = self._static.get(path)
         if static is None:
             return _response(connection, HTTPStatus.NOT_FOUND, "not found\n", "text/plain; charset=utf-8")
@@ -716,12 +828,17 @@ class SocketServer:
         return _response(connection, HTTPStatus.OK, body, content_type)
 
     def health(self) -> dict[str, Any]:
-        """Return what ``GET /healthz`` reports."""
-        return {
+        """Return what ``GET /healthz`` reports; status is "unhealthy" while Redis is lost."""
+        report: dict[str, Any] = {
             "status": "ok",
             "connections": len(self._connections),
             "namespaces": {ns: self.registry.count(ns) for ns in self.registry.namespaces()},
         }
+        if self.backplane is not None:
+            report["redis"] = self.backplane.health()
+            if not self.backplane.link_up:
+                report["status"] = "unhealthy"
+        return report
 
     # -- One connection's life ---------------------------------------------------------------
 
@@ -1131,33 +1248,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--compression", action="store_true", help="enable permessage-deflate (~32 KiB more per connection)")
     add("--certfile", default=None)
     add("--keyfile", default=None)
+    add("--redis", dest="message_queue", default=None, metavar="URL", help="scale out: redis://host:6379/0")
+    add("--channel", default="plainsocket", help="Redis channel prefix shared by the cluster's nodes")
+    add("--heartbeat-interval", type=float, default=2.0, help="seconds between a node's Redis heartbeats")
+    add("--workers", type=int, default=1, help="run N processes on one port (SO_REUSEPORT); needs --redis")
+    add("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
     """Map command-line flags to :class:`SocketServer` keyword arguments."""
-    names = [
-        "ping_interval",
-        "ping_timeout",
-        "open_timeout",
-        "close_timeout",
-        "send_timeout",
-        "max_message_size",
-        "max_depth",
-        "max_event_length",
-        "max_namespaces",
-        "max_rooms",
-        "max_pending_acks",
-        "rate_limit",
-        "rate_burst",
-        "max_connections",
-        "max_connections_per_address",
-        "max_send_buffer",
-        "allowed_origins",
-        "compression",
-    ]
-    return {name: getattr(args, name) for name in names}
+    # Every flag named like a constructor keyword is that keyword.
+    return {name: getattr(args, name) for name in inspect.signature(SocketServer).parameters if hasattr(args, name)}
 
 
 def tls_context(certfile: str | None, keyfile: str | None) -> ssl_module.SSLContext | None:
@@ -1174,10 +1277,56 @@ def main(argv: list[str] | None = None) -> None:
     if args.log_level != "debug":
         # One line per connect and disconnect is ours to write; websockets would add two more.
         logging.getLogger("websockets").setLevel(logging.WARNING)
+    if args.workers > 1:
+        sys.exit(run_workers(args, argv if argv is not None else sys.argv[1:]))
     from demo import create_app
 
     app = create_app(**server_options(args))
-    app.run(args.host, args.port, ssl=tls_context(args.certfile, args.keyfile))
+    try:
+        app.run(args.host, args.port, ssl=tls_context(args.certfile, args.keyfile), reuse_port=args.reuse_port)
+    except BackplaneError as exc:
+        logger.error("%s", exc)
+        sys.exit(1)
+
+
+def run_workers(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run ``args.workers`` server processes sharing one port; forward SIGTERM/SIGINT to them."""
+    if args.message_queue is None:
+        logger.error("--workers needs --redis: each worker is a node of one cluster")
+        return 2
+    port = args.port or _free_port(args.host)
+    child_args = [*_without_flag(argv, "--workers", "--port"), "--port", str(port), "--reuse-port"]
+    children = [subprocess.Popen([sys.executable, str(HERE / "server.py"), *child_args]) for _ in range(args.workers)]
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
+def _without_flag(argv: list[str], *flags: str) -> list[str]:
+    """Drop ``--flag value`` and ``--flag=value`` pairs from an argument list."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not arg.startswith(tuple(f + "=" for f in flags)):
+            kept.append(arg)
+    return kept
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,450 @@
+"""Scale out on Redis: many server processes and hosts act as one server.
+
+Every node publishes what it can not do alone (an emit that may reach clients elsewhere, a
+room change or a disconnect for a sid it does not hold, a call) on one Redis pub/sub
+channel; every node applies what it receives to its own clients. Replies to a node (call
+results, cluster queries) go to that node's own channel.
+
+Messages are JSON objects, parsed strictly and validated on receipt exactly like client
+frames — never pickle: whoever can publish to Redis must not be able to run code here.
+
+    {"v":1,"kind":"emit","node":"n1","namespace":"/test","event":"my response","data":{..},
+     "to":["room"],"skip":["sid"]}
+
+Delivery across nodes is at-most-once. What an outage costs is counted, logged and shown in
+``/healthz``: a publish that fails, and a publish that Redis accepted while fewer nodes than
+known alive were subscribed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from protocol import Envelope, ProtocolError, parse_json
+
+if TYPE_CHECKING:
+    from server import SocketServer
+
+logger = logging.getLogger("plainsocket.backplane")
+
+VERSION = 1
+MAX_DEPTH = 128  # server-side data may nest deeper than client frames; still bounded
+MAX_QUEUE = 10_000  # messages waiting to be published while Redis is slow
+
+
+class BackplaneError(Exception):
+    """Redis can not be reached (at start) or a backplane message is invalid."""
+
+
+# -- Messages ------------------------------------------------------------------------------
+
+_STR_LIST = "str list"
+# kind -> required fields and their types; "to"/"skip" may also be null.
+_SCHEMA: dict[str, dict[str, Any]] = {
+    "emit": {"namespace": str, "event": str, "to": _STR_LIST, "skip": _STR_LIST},
+    "enter_room": {"namespace": str, "sid": str, "room": str},
+    "leave_room": {"namespace": str, "sid": str, "room": str},
+    "close_room": {"namespace": str, "room": str},
+    "disconnect": {"namespace": (str, type(None)), "sid": str},
+    "call": {"namespace": str, "event": str, "to": str, "timeout": (int, float), "call_id": str, "reply_to": str},
+    "call_reply": {"call_id": str, "results": list, "error": (str, type(None)), "single": bool},
+    "query": {"query_id": str, "reply_to": str, "namespace": (str, type(None)), "room": (str, type(None))},
+    "query_reply": {"query_id": str, "sids": _STR_LIST, "count": int},
+    "ping": {"seq": int},
+}
+
+
+def make_message(kind: str, node: str, **fields: Any) -> str:
+    """Encode one backplane message (strict JSON)."""
+    return json.dumps({"v": VERSION, "kind": kind, "node": node, **fields}, allow_nan=False, separators=(",", ":"))
+
+
+def parse_message(raw: bytes | str) -> dict[str, Any]:
+    """Parse and validate one backplane message.
+
+    Raises:
+        BackplaneError: anything that is not a valid message of a known kind.
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        message = parse_json(text, MAX_DEPTH)
+    except (UnicodeDecodeError, ProtocolError) as exc:
+        raise BackplaneError(f"unreadable message: {exc}") from None
+    if type(message) is not dict or message.get("v") != VERSION:
+        raise BackplaneError("not a version 1 message")
+    schema = _SCHEMA.get(message.get("kind"))  # type: ignore[arg-type]
+    if schema is None or type(message.get("node")) is not str:
+        raise BackplaneError("unknown kind or missing node")
+    for field, expected in schema.items():
+        value = message.get(field)
+        if expected == _STR_LIST:
+            ok = value is None or (type(value) is list and all(type(item) is str for item in value))
+        elif expected is bool:
+            ok = type(value) is bool
+        else:
+            ok = isinstance(value, expected) and type(value) is not bool
+        if not ok:
+            raise BackplaneError(f"field {field!r} is invalid")
+    if message["kind"] == "emit":
+        try:
+            Envelope(message["event"], message["namespace"], message.get("data"))
+        except ProtocolError as exc:
+            raise BackplaneError(f"invalid event: {exc.message}") from None
+    return message
+
+
+# -- The node's link to Redis -----------------------------------------------------------------
+
+
+class RedisBackplane:
+    """One server node's publisher, supervised subscriber and heartbeat."""
+
+    def __init__(
+        self,
+        server: SocketServer,
+        url: str,
+        *,
+        channel: str = "plainsocket",
+        heartbeat_interval: float = 2.0,
+        publish_timeout: float = 0.5,
+    ) -> None:
+        self.server = server
+        self.url = url
+        self.channel = channel
+        self.node = secrets.token_hex(6)
+        self.heartbeat_interval = heartbeat_interval
+        self.node_ttl = 3 * heartbeat_interval  # a silent node leaves the cluster view after this
+        self.publish_timeout = publish_timeout
+        self.link_up = False
+        self.lost = 0  # cross-node messages known not to have reached every node
+        self._queue: deque[tuple[str, str]] = deque()  # (channel, message), published in order
+        self._wakeup = asyncio.Event()
+        self._nodes: dict[str, float] = {}  # node -> when its heartbeat was last seen
+        self._waiters: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # request id -> its replies
+        self._ping_sent = 0
+        self._ping_seen = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lost_logged_at = 0.0
+        self._lost_unlogged = 0
+        # No retries: a publish to a down Redis must fail in milliseconds, not seconds.
+        self.redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=max(1.0, heartbeat_interval),
+            socket_connect_timeout=1.0,
+            retry=AsyncRetry(NoBackoff(), 0),
+        )
+
+    @property
+    def node_channel(self) -> str:
+        return f"{self.channel}#{self.node}"
+
+    async def start(self) -> None:
+        """Check Redis, then start publishing, listening and heart-beating.
+
+        Raises:
+            BackplaneError: Redis does not answer.
+        """
+        try:
+            async with asyncio.timeout(3):
+                await self.redis.ping()
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            await self.redis.aclose()
+            raise BackplaneError(f"can not reach Redis at {self.url}: {exc or type(exc).__name__}") from None
+        subscribed = asyncio.get_running_loop().create_future()
+        self._tasks = [
+            asyncio.create_task(self._listen(subscribed)),
+            asyncio.create_task(self._publish_loop()),
+            asyncio.create_task(self._heartbeat_loop()),
+        ]
+        await asyncio.wait_for(subscribed, 5)
+        await self._beat()
+        logger.info("node %s joined the cluster on %s", self.node, self.url)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout(1):
+                await self.redis.delete(self._node_key(self.node))
+        except (redis.RedisError, OSError, TimeoutError):
+            pass
+        await self.redis.aclose()
+
+    def health(self) -> dict[str, Any]:
+        return {"connected": self.link_up, "node": self.node, "nodes": len(self.alive_nodes()), "lost": self.lost}
+
+    def alive_nodes(self) -> list[str]:
+        deadline = time.monotonic() - self.node_ttl
+        return [node for node, seen in self._nodes.items() if seen >= deadline]
+
+    # -- Publishing ----------------------------------------------------------------------
+
+    def publish(self, kind: str, **fields: Any) -> None:
+        """Queue a message for every node; never waits (local delivery already happened)."""
+        self._enqueue(self.channel, make_message(kind, self.node, **fields))
+
+    def publish_emit(
+        self, namespace: str, event: str, data: Any, to: str | Iterable[str] | None, skip: str | Iterable[str] | None
+    ) -> None:
+        self.publish("emit", namespace=namespace, event=event, data=data, to=_as_list(to), skip=_as_list(skip))
+
+    def _enqueue(self, channel: str, message: str) -> None:
+        if len(self._queue) >= MAX_QUEUE:
+            self._queue.popleft()
+            self._count_lost(1, "publish queue full")
+        self._queue.append((channel, message))
+        self._wakeup.set()
+
+    async def _publish_loop(self) -> None:
+        """Publish queued messages in order, a batch per round trip."""
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
+                await self._publish_batch(batch)
+
+    async def _publish_batch(self, batch: list[tuple[str, str]]) -> None:
+        expected = len(self.alive_nodes())
+        pipe = self.redis.pipeline(transaction=False)
+        for channel, message in batch:
+            pipe.publish(channel, message)
+        broadcast = [channel == self.channel for channel, _ in batch]
+        try:
+            async with asyncio.timeout(self.publish_timeout):
+                receivers = await pipe.execute()
+        except (redis.RedisError, OSError, TimeoutError) as exc:
+            self._link_lost(exc)
+            self._count_lost(len(batch), f"publish failed: {exc or type(exc).__name__}")
+            return
+        missed = sum(1 for count, wide in zip(receivers, broadcast, strict=True) if wide and count < expected)
+        if missed:
+            self._count_lost(missed, f"fewer than {expected} nodes subscribed")
+
+    def _count_lost(self, count: int, why: str) -> None:
+        """Count and log undelivered cross-node messages (at most one log line per second)."""
+        self.lost += count
+        self._lost_unlogged += count
+        now = time.monotonic()
+        if now - self._lost_logged_at >= 1.0:
+            logger.error("%d cross-node message(s) not delivered to every node: %s", self._lost_unlogged, why)
+            self._lost_logged_at = now
+            self._lost_unlogged = 0
+
+    def _link_lost(self, exc: BaseException) -> None:
+        if self.link_up:
+            logger.error("lost Redis at %s: %s", self.url, exc or type(exc).__name__)
+        self.link_up = False
+
+    # -- Subscribing -----------------------------------------------------------------------
+
+    async def _listen(self, subscribed: asyncio.Future[None]) -> None:
+        """Supervise the subscription: on any failure, log, back off and subscribe again."""
+        delay = 0.05
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel, self.node_channel)
+                if not subscribed.done():
+                    subscribed.set_result(None)
+                if not self.link_up:
+                    logger.info("subscribed to Redis at %s", self.url)
+                self.link_up = True
+                delay = 0.05
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message["type"] == "message":
+                        self._receive(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: never let the node go deaf
+                self._link_lost(exc)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _receive(self, raw: bytes) -> None:
+        try:
+            message = parse_message(raw)
+        except BackplaneError as exc:
+            logger.warning("dropped an invalid backplane message: %s", exc)
+            return
+        if message["node"] == self.node and message["kind"] not in ("ping", "call_reply", "query_reply"):
+            return  # already delivered locally
+        kind = message["kind"]
+        if kind == "ping":
+            self._ping_seen = max(self._ping_seen, message["seq"])
+        elif kind in ("call_reply", "query_reply"):
+            replies = self._waiters.get(message.get("call_id") or message.get("query_id"))  # type: ignore[arg-type]
+            if replies is not None:
+                replies.put_nowait(message)
+        elif kind == "call":
+            self.server.start_background_task(self._answer_call, message)
+        elif kind == "query":
+            self._answer_query(message)
+        else:
+            self.server.apply_remote(message)
+
+    # -- Heartbeat ----------------------------------------------------------------------------
+
+    def _node_key(self, node: str) -> str:
+        return f"{self.channel}:node:{node}"
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                await self._beat()
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                self._link_lost(exc)
+            self._check_deaf()
+
+    async def _beat(self) -> None:
+        """Register this node with a TTL, learn who else is alive, and ping our own channel."""
+        async with asyncio.timeout(self.heartbeat_interval):
+            key = self._node_key(self.node)
+            info = json.dumps({"connections": self.server.connection_count()})
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(key, info, px=int(self.node_ttl * 1000))
+            pipe.publish(self.node_channel, make_message("ping", self.node, seq=self._ping_sent + 1))
+            await pipe.execute()
+            self._ping_sent += 1
+            now = time.monotonic()
+            prefix = len(self._node_key(""))
+            async for key in self.redis.scan_iter(match=self._node_key("*"), count=1000):
+                self._nodes[key.decode()[prefix:]] = now
+            self._nodes[self.node] = now
+            # Forget nodes gone for longer than their TTL.
+            for node in [n for n, seen in self._nodes.items() if seen < now - self.node_ttl]:
+                del self._nodes[node]
+
+    def _check_deaf(self) -> None:
+        """Restart the subscription if our own pings stopped coming back (a deaf listener)."""
+        if self._ping_sent - self._ping_seen >= 2 and self.link_up:
+            logger.error("not receiving our own pings from Redis: restarting the subscription")
+            self.link_up = False
+            listener = self._tasks[0]
+            listener.cancel()
+            self._tasks[0] = asyncio.create_task(self._listen(asyncio.get_running_loop().create_future()))
+
+    # -- Requests to other nodes: calls and queries -------------------------------------------
+
+    async def _gather_replies(self, kind: str, id_field: str, timeout: float, **fields: Any) -> list[dict[str, Any]]:
+        """Publish a request and collect one reply per other alive node, until ``timeout``."""
+        request_id = secrets.token_hex(8)
+        replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._waiters[request_id] = replies
+        others = {node for node in self.alive_nodes() if node != self.node}
+        collected: list[dict[str, Any]] = []
+        try:
+            self.publish(kind, reply_to=self.node, **{id_field: request_id}, **fields)
+            async with asyncio.timeout(timeout):
+                while others:
+                    reply = await replies.get()
+                    others.discard(reply["node"])
+                    collected.append(reply)
+        except TimeoutError:
+            pass
+        finally:
+            del self._waiters[request_id]
+        return collected
+
+    async def call(self, event: str, data: Any, to: str, namespace: str, timeout: float) -> list[dict[str, Any]]:
+        """Ask other nodes to call their clients in ``to`` (a sid or a room); return their replies."""
+        return await self._gather_replies(
+            "call", "call_id", timeout, namespace=namespace, event=event, data=data, to=to, timeout=timeout
+        )
+
+    async def _answer_call(self, message: dict[str, Any]) -> None:
+        # Answer a little before the caller gives up, so that a late client is reported as such.
+        results, error, single = await self.server.call_local(
+            message["event"],
+            message.get("data"),
+            message["to"],
+            message["namespace"],
+            max(0.0, message["timeout"] - 0.05),
+        )
+        self._reply(
+            message["reply_to"], "call_reply", call_id=message["call_id"], results=results, error=error, single=single
+        )
+
+    async def query(self, namespace: str | None, room: str | None, timeout: float = 1.0) -> list[dict[str, Any]]:
+        """Ask every other node for its sids (in ``namespace``/``room``) and connection count."""
+        return await self._gather_replies("query", "query_id", timeout, namespace=namespace, room=room)
+
+    def _answer_query(self, message: dict[str, Any]) -> None:
+        sids, count = self.server.local_view(message["namespace"], message["room"])
+        self._reply(message["reply_to"], "query_reply", query_id=message["query_id"], sids=sids, count=count)
+
+    def _reply(self, node: str, kind: str, **fields: Any) -> None:
+        self._enqueue(f"{self.channel}#{node}", make_message(kind, self.node, **fields))
+
+
+class Emitter:
+    """Emit to a plainsocket cluster from code that is not a server (a web view, a cron job).
+
+    Synchronous on purpose: it is for plain scripts and web frameworks. Nothing is delivered
+    when no server node is subscribed; :meth:`emit` returns how many nodes received it.
+    """
+
+    def __init__(self, url: str, *, channel: str = "plainsocket") -> None:
+        self.channel = channel
+        self.node = "emitter-" + secrets.token_hex(4)
+        self.redis = redis.Redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
+        )
+
+    def emit(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        namespace: str = "/",
+        to: str | Iterable[str] | None = None,
+        skip_sid: str | Iterable[str] | None = None,
+    ) -> int:
+        """Emit to every client of ``namespace`` (or a room, a sid, a list); return the node count."""
+        Envelope(event, namespace, data)  # validate before publishing
+        message = make_message(
+            "emit", self.node, namespace=namespace, event=event, data=data, to=_as_list(to), skip=_as_list(skip_sid)
+        )
+        return int(self.redis.publish(self.channel, message))
+
+    def close_room(self, room: str, *, namespace: str = "/") -> int:
+        return int(
+            self.redis.publish(self.channel, make_message("close_room", self.node, namespace=namespace, room=room))
+        )
+
+    def disconnect(self, sid: str, *, namespace: str | None = None) -> int:
+        return int(
+            self.redis.publish(self.channel, make_message("disconnect", self.node, namespace=namespace, sid=sid))
+        )
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def _as_list(value: str | Iterable[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return list(value)
