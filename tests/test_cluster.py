@@ -45,7 +45,7 @@ async def cluster(redis_url: str, size: int = 2, **options: Any) -> AsyncIterato
 
 async def test_broadcast_reaches_clients_on_every_node(redis_server: Any, opened: Any) -> None:
     """An emit on node A reaches the namespace's clients on A and on B, once each."""
-    async with cluster(redis_server.url) as [(a, url_a), (b, url_b)]:
+    async with cluster(redis_server.url) as [(a, url_a), (_, url_b)]:
         on_a, on_b = await opened(url_a), await opened(url_b)
         await on_a.join("/test")
         await on_b.join("/test")
@@ -57,7 +57,7 @@ async def test_broadcast_reaches_clients_on_every_node(redis_server: Any, opened
 
 async def test_emit_to_remote_sid_room_and_skip_sid(redis_server: Any, opened: Any) -> None:
     """to=sid, to=room and skip_sid work whichever node holds the clients."""
-    async with cluster(redis_server.url) as [(a, url_a), (b, url_b)]:
+    async with cluster(redis_server.url) as [(a, _), (b, url_b)]:
         x, y = await opened(url_b), await opened(url_b)
         for client in (x, y):
             await client.join("/test")
@@ -92,7 +92,7 @@ async def test_close_room_across_nodes(redis_server: Any, opened: Any) -> None:
 
 async def test_remote_disconnect(redis_server: Any, opened: Any) -> None:
     """disconnect(sid) on node A closes the client held by node B with 4001."""
-    async with cluster(redis_server.url) as [(a, url_a), (b, url_b)]:
+    async with cluster(redis_server.url) as [(a, _), (_, url_b)]:
         client = await opened(url_b)
         a.disconnect(client.sid)
         with pytest.raises(ConnectionClosed):
@@ -137,7 +137,7 @@ async def test_cluster_wide_tracking(redis_server: Any, opened: Any) -> None:
 
 async def test_order_holds_across_nodes(redis_server: Any, opened: Any) -> None:
     """Broadcasts from one node reach a client on another node in the order emitted."""
-    async with cluster(redis_server.url) as [(a, url_a), (b, url_b)]:
+    async with cluster(redis_server.url) as [(a, _), (_, url_b)]:
         clients = [await opened(url_b) for _ in range(3)]
         for client in clients:
             await client.join("/test")
@@ -149,7 +149,7 @@ async def test_order_holds_across_nodes(redis_server: Any, opened: Any) -> None:
 
 async def test_emitter_from_a_process_without_a_server(redis_server: Any, opened: Any) -> None:
     """Emitter publishes to the cluster from plain synchronous code."""
-    async with cluster(redis_server.url) as [(a, url_a), (b, url_b)]:
+    async with cluster(redis_server.url) as [(_, url_a), (b, url_b)]:
         on_a, on_b = await opened(url_a), await opened(url_b)
         await on_a.join("/test")
         await on_b.join("/test")
@@ -172,7 +172,7 @@ async def test_invalid_backplane_messages_are_dropped(
     """Pickle, non-JSON, wrong kinds or field types are logged and dropped; the node keeps working."""
     import pickle
 
-    async with cluster(redis_server.url, size=1) as [(a, url_a)]:
+    async with cluster(redis_server.url, size=1) as [(_, url_a)]:
         client = await opened(url_a)
         await client.join("/test")
         raw = redis.Redis.from_url(redis_server.url)
