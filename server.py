@@ -759,7 +759,12 @@ class SocketServer:
         for conn in list(self._connections.values()):
             conn.close(CloseCode.SHUTDOWN, SERVER_SHUTDOWN, SERVER_SHUTDOWN)
         self._server.close(close_connections=True)
-        await self._server.wait_closed()
+        # Closing aborts every connection after close_timeout; bound the wait the same way.
+        closed = asyncio.ensure_future(self._server.wait_closed())
+        _, pending = await asyncio.wait([closed], timeout=self.close_timeout + 1.0)
+        if pending:
+            logger.warning("%d connection(s) still closing at shutdown", len(self._connections))
+            closed.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self.backplane is not None:

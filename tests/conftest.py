@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -69,6 +70,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: workers included, nothing outlives the test
         )
         self.port = self._wait_ready()
         self.url = f"ws://127.0.0.1:{self.port}"
@@ -99,9 +101,14 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
 
     yield start
     for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
+        try:
+            os.killpg(process.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.proc.wait()
+        for stream in (process.proc.stdout, process.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -1,0 +1,754 @@
+/**
+ * plainsocket browser client: Socket.IO's programming model over one native WebSocket.
+ *
+ * Wire protocol: docs/protocol.md, version 1. Every text frame is one JSON envelope
+ * `{"event", "namespace", "data", "id"}`; there is nothing else on the wire.
+ *
+ *     import { connect } from '/client.js';
+ *     const socket = connect(`ws://${location.host}/`);        // namespace "/"
+ *     const test = socket.of('/test', { auth: { token } });     // same WebSocket
+ *     test.on('my response', (data) => console.log(data));
+ *     await test.ready;                                         // rejects on connect_error
+ *     const pong = await test.emitWithAck('my ping', null, { timeout: 5000 });
+ *
+ * Layout: a `Manager` owns the WebSocket, reconnection, the heartbeat and the ack ids; each
+ * `Namespace` is a small event emitter that sends through it. `connect()` returns the `/`
+ * namespace; `of()` adds more. Errors are `SocketError`s with a machine-readable `code`.
+ *
+ * Events a namespace emits locally, besides the server's own:
+ *   connect (data, with the sid)        connect_error (SocketError: refused, or wrong protocol)
+ *   disconnect (reason, {code})         error (SocketError: the server refused one of our frames)
+ *   reconnect_attempt (n)               reconnect (attempts it took)
+ *   reconnect_failed (attempts)         warning (SocketError: an emit was dropped)
+ *
+ * Delivery is at most once: frames written to a socket that then dies are lost (and never
+ * resent, which is also what close code 1009 asks for). Emits made while a namespace is not
+ * connected are buffered (bounded) and sent in order when it is.
+ */
+
+/** The protocol version this client speaks (docs/protocol.md, "Connecting"). */
+export const PROTOCOL = 1;
+
+/** Event names an application can not emit (docs/protocol.md, "The envelope"). */
+const RESERVED_EVENTS = new Set(['connect', 'connect_error', 'disconnect', 'error', 'ack', 'heartbeat']);
+
+/**
+ * What to do after the server closes the socket with a given code (docs/protocol.md,
+ * "Close codes"). Codes not listed here (1001, 1009, 1011, and 1005/1006 when the link just
+ * drops) mean "reconnect with backoff".
+ */
+const CLOSE_ACTIONS = new Map([
+  [1000, 'stop'], // normal closure: someone asked for it
+  [1002, 'stop'], // protocol error: this client is broken, retrying sends the same bytes
+  [1007, 'stop'], // invalid UTF-8: same
+  [1008, 'long'], // rate limited for too long
+  [4000, 'now'], // slow consumer: the link is fine, the backlog is gone
+  [4001, 'stop'], // the application kicked us
+  [4002, 'long'], // too many connections
+  [4010, 'stop'], // unsupported protocol (we send it; a server that echoes it will not change)
+]);
+// A refused handshake (HTTP 403 for a disallowed Origin) should mean "give up", but browsers
+// report it as a plain 1006, the same as an unreachable server: both back off.
+
+/** Close code a client sends when it does not speak the server's protocol version. */
+const CLOSE_UNSUPPORTED_PROTOCOL = 4010;
+
+/**
+ * Options of `connect()`. Times are in milliseconds; `null` disables a timeout.
+ */
+const DEFAULTS = Object.freeze({
+  /** Payload of the `connect` frame for `/` (sent only if the server refuses `/` without it). */
+  auth: null,
+  // Reconnection
+  /** Reconnect after the link is lost (false: stay closed). */
+  reconnect: true,
+  /** Give up after this many failed attempts in a row. */
+  reconnectAttempts: Infinity,
+  /** First delay; doubles on each failed attempt... */
+  reconnectDelay: 1000,
+  /** ...up to this cap. */
+  reconnectDelayMax: 5000,
+  /** Minimum delay after close codes that ask for a long backoff (1008, 4002). */
+  reconnectDelayLong: 30000,
+  /** Jitter: each delay is scaled by a random factor in [1 - f, 1 + f], so clients spread out. */
+  randomizationFactor: 0.5,
+  // Timeouts
+  /** Send `{"event":"heartbeat"}` this often: browsers hide WebSocket pings from scripts. */
+  heartbeatInterval: 10000,
+  /** The link is dead if no frame at all arrives this long after a heartbeat (or after opening). */
+  heartbeatTimeout: 20000,
+  /** Default `timeout` of `emitWithAck`. */
+  ackTimeout: 10000,
+  // Limits
+  /** Emits kept per namespace while it is not connected; the oldest is dropped beyond this. */
+  bufferSize: 100,
+});
+
+/** The one error type of this module; `code` says what happened. */
+export class SocketError extends Error {
+  /**
+   * @param {string} code machine-readable: a server error code (`unknown_event`, ...) or one
+   *   of `ack_timeout`, `disconnected`, `buffer_overflow`, `closed`, `connect_refused`,
+   *   `unsupported_protocol`, `reserved_event`, `reconnect_failed`
+   * @param {string} message for people
+   * @param {*} [data] the server's payload, when there was one
+   */
+  constructor(code, message, data = null) {
+    super(message);
+    this.name = 'SocketError';
+    this.code = code;
+    this.data = data;
+  }
+}
+
+/**
+ * Open a connection and return its `/` namespace.
+ *
+ * @param {string} url `ws://` or `wss://` URL of the server
+ * @param {object} [options] see `DEFAULTS` above
+ * @returns {Namespace}
+ */
+export function connect(url, options = {}) {
+  const manager = new Manager(url, { ...DEFAULTS, ...options });
+  const root = manager.namespace('/', options.auth ?? null);
+  manager.open();
+  return root;
+}
+
+/** Rethrow outside the current call stack, so one failing listener does not stop the others. */
+function report(error) {
+  queueMicrotask(() => {
+    throw error;
+  });
+}
+
+/** Call an application callback; report (not propagate) what it throws. */
+function safeCall(fn, args) {
+  try {
+    return { ok: true, value: fn(...args) };
+  } catch (error) {
+    report(error);
+    return { ok: false };
+  }
+}
+
+/**
+ * One namespace over the shared WebSocket: an event emitter plus the namespace's own
+ * connection state and offline buffer.
+ */
+class Namespace {
+  /**
+   * @param {Manager} manager
+   * @param {string} name starts with `/`
+   * @param {*} auth payload of this namespace's `connect` frame
+   */
+  constructor(manager, name, auth) {
+    this.manager = manager;
+    this.name = name;
+    this.auth = auth;
+    /** True between this namespace's `connect` and `disconnect`. */
+    this.connected = false;
+    /** The connection's sid, as the server announced it for this namespace. */
+    this.sid = null;
+    /** False after `disconnect()` or a server-side disconnect: do not rejoin on reconnect. */
+    this.wanted = true;
+    /** Whether `auth` was already sent for `/` on the current WebSocket (see `onConnectError`). */
+    this.authSent = false;
+    this.listeners = new Map();
+    this.anyListeners = [];
+    /** Frames emitted while not connected: `{text, event, id}`. */
+    this.buffer = [];
+    /** `ready` promises waiting for the next `connect` or `connect_error`. */
+    this.waiters = [];
+  }
+
+  // Listeners
+
+  /** Call `fn(data)` for each `event` (or lifecycle event) on this namespace. */
+  on(event, fn) {
+    const list = this.listeners.get(event) ?? [];
+    list.push({ fn, once: false });
+    this.listeners.set(event, list);
+    return this;
+  }
+
+  /** Like `on`, for the next `event` only. */
+  once(event, fn) {
+    this.on(event, fn);
+    this.listeners.get(event).at(-1).once = true;
+    return this;
+  }
+
+  /** Remove `fn` for `event`; all listeners of `event` without `fn`; everything without arguments. */
+  off(event, fn) {
+    if (event === undefined) {
+      this.listeners.clear();
+      this.anyListeners = [];
+    } else if (fn === undefined) {
+      this.listeners.delete(event);
+    } else {
+      const list = (this.listeners.get(event) ?? []).filter((l) => l.fn !== fn);
+      if (list.length) this.listeners.set(event, list);
+      else this.listeners.delete(event);
+    }
+    return this;
+  }
+
+  /**
+   * Call `fn(event, data)` for every event the server sends (not for lifecycle events).
+   * Its return value never answers an ack request: that is the event's own listener's job.
+   */
+  onAny(fn) {
+    this.anyListeners.push(fn);
+    return this;
+  }
+
+  /** Remove a catch-all listener (all of them without `fn`). */
+  offAny(fn) {
+    this.anyListeners = fn === undefined ? [] : this.anyListeners.filter((f) => f !== fn);
+    return this;
+  }
+
+  /**
+   * Call the listeners of `event` with `args`.
+   * @returns {{called: number, first: *}} how many ran, and what the first one returned
+   *   (that value answers a server's ack request)
+   */
+  emitLocal(event, ...args) {
+    const list = this.listeners.get(event);
+    if (!list) return { called: 0, first: { ok: false } };
+    const remaining = list.filter((l) => !l.once);
+    if (remaining.length === 0) this.listeners.delete(event);
+    else if (remaining.length !== list.length) this.listeners.set(event, remaining);
+    const results = list.map((l) => safeCall(l.fn, args));
+    return { called: list.length, first: results[0] };
+  }
+
+  // Sending
+
+  /** Send `event` with `data` (any JSON value); buffered while this namespace is not connected. */
+  emit(event, data = null) {
+    this.queue(encode(event, this.name, data, null), event, null);
+    return this;
+  }
+
+  /**
+   * Send `event` and wait for the server's acknowledgement.
+   *
+   * @param {string} event
+   * @param {*} [data]
+   * @param {{timeout?: number|null}} [options] ms from now until rejecting with `ack_timeout`
+   *   (null: wait forever); defaults to the `ackTimeout` option
+   * @returns {Promise<*>} the handler's return value; rejects with a `SocketError` whose
+   *   code is the server's error code, `ack_timeout`, `disconnected` (the frame was sent
+   *   but the link or the namespace went away), `buffer_overflow` or `closed`
+   */
+  emitWithAck(event, data = null, { timeout = this.manager.options.ackTimeout } = {}) {
+    return new Promise((resolve, reject) => {
+      const id = this.manager.nextAckId++;
+      const text = encode(event, this.name, data, id); // throws (so rejects) before registering
+      const entry = { namespace: this, resolve, reject, timer: null, sent: false };
+      if (timeout !== null && timeout !== undefined) {
+        entry.timer = setTimeout(() => {
+          this.buffer = this.buffer.filter((b) => b.id !== id); // gave up: do not send it later
+          const error = new SocketError('ack_timeout', `no ack for "${event}" within ${timeout} ms`);
+          this.manager.settleAck(id, error);
+        }, timeout);
+      }
+      this.manager.pending.set(id, entry);
+      this.queue(text, event, id);
+    });
+  }
+
+  /** Write an encoded frame now if possible, else keep it for the next `connect`. */
+  queue(text, event, id) {
+    if (this.manager.closed) {
+      this.drop({ text, event, id }, 'closed', 'the socket is closed');
+      return;
+    }
+    if (this.connected && this.buffer.length === 0 && this.manager.write(text)) {
+      this.manager.markSent(id);
+      return;
+    }
+    this.buffer.push({ text, event, id });
+    while (this.buffer.length > this.manager.options.bufferSize) {
+      this.drop(this.buffer.shift(), 'buffer_overflow', 'offline buffer full');
+    }
+  }
+
+  /** Forget a buffered frame, telling whoever waits for it. */
+  drop(entry, code, why) {
+    const error = new SocketError(code, `${why}: "${entry.event}" dropped`);
+    if (entry.id !== null) this.manager.settleAck(entry.id, error);
+    this.emitLocal('warning', error);
+  }
+
+  /** Send buffered frames in order; stop if the link goes away halfway. */
+  flush() {
+    while (this.buffer.length && this.connected) {
+      const entry = this.buffer[0];
+      if (!this.manager.write(entry.text)) return;
+      this.buffer.shift();
+      this.manager.markSent(entry.id);
+    }
+  }
+
+  // Connection state
+
+  /**
+   * Join another namespace over the same WebSocket (sends its `connect` frame).
+   * @param {string} name e.g. `/test`
+   * @param {{auth?: *}} [options] payload of the `connect` frame, sent again on every reconnect
+   * @returns {Namespace} await its `ready` to know the outcome
+   */
+  of(name, { auth = null } = {}) {
+    return this.manager.join(name, auth);
+  }
+
+  /**
+   * A promise for the next time this namespace is connected (resolved at once if it is).
+   * Rejects with the `connect_error`, or when the socket closes for good.
+   * @returns {Promise<Namespace>}
+   */
+  get ready() {
+    if (this.connected) return Promise.resolve(this);
+    if (this.manager.closed) return Promise.reject(new SocketError('closed', 'the socket is closed'));
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  /** Settle the `ready` promises. */
+  settleWaiters(error) {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) {
+      if (error) w.reject(error);
+      else w.resolve(this);
+    }
+  }
+
+  /** Join (again) this namespace, e.g. after `disconnect()` or a refusal; reopens a closed socket. */
+  connect() {
+    this.wanted = true;
+    if (this.manager.closed) this.manager.open();
+    else if (this.manager.ready && !this.connected) this.sendConnect();
+    return this;
+  }
+
+  /** Leave this namespace; the WebSocket and other namespaces stay. */
+  disconnect() {
+    this.wanted = false;
+    if (this.connected) {
+      this.manager.write(encode('disconnect', this.name, null, null, true));
+      this.markDisconnected('io client disconnect');
+    }
+    return this;
+  }
+
+  /** Close the WebSocket shared by all namespaces, for good (no reconnection). */
+  close() {
+    this.manager.close();
+    return this;
+  }
+
+  /** Send this namespace's `connect` frame (docs/protocol.md, "Connecting"). */
+  sendConnect() {
+    const frame = { event: 'connect', namespace: this.name };
+    if (this.auth !== null && this.auth !== undefined) frame.data = this.auth;
+    this.manager.write(JSON.stringify(frame));
+  }
+
+  /** The server's `connect`: we are in. */
+  onConnect(data) {
+    if (!this.wanted) {
+      // The server joins every socket to `/` on open; leave it again if the application left.
+      this.manager.write(encode('disconnect', this.name, null, null, true));
+      return;
+    }
+    if (this.connected) return; // an answer to a repeated `connect` (idempotent)
+    this.connected = true;
+    this.sid = data?.sid ?? this.manager.sid;
+    this.flush(); // buffered emits go first, before anything a `connect` listener sends
+    this.emitLocal('connect', data);
+    this.settleWaiters(null);
+  }
+
+  /** The server's `connect_error`: refused (or unknown namespace). */
+  onConnectError(data) {
+    if (this.name === '/' && this.auth !== null && !this.authSent) {
+      // The server joins `/` without credentials on open; retry once with ours.
+      this.authSent = true;
+      this.sendConnect();
+      return;
+    }
+    const message = data?.message ?? 'connection refused';
+    const error = new SocketError('connect_refused', `${this.name}: ${message}`, data);
+    this.emitLocal('connect_error', error);
+    this.settleWaiters(error);
+  }
+
+  /**
+   * No longer connected: fail the acks that can not come any more, tell the listeners.
+   * @param {string} reason `io client disconnect`, `io server disconnect`, `transport close`,
+   *   `ping timeout`
+   * @param {object} [details] e.g. `{code}` of the WebSocket close
+   */
+  markDisconnected(reason, details = {}) {
+    if (!this.connected) return;
+    this.connected = false;
+    this.manager.failSentAcks(this, new SocketError('disconnected', `${this.name} disconnected: ${reason}`));
+    this.emitLocal('disconnect', reason, details);
+  }
+
+  /** Dispatch one frame from the server addressed to this namespace. */
+  receive(frame, ws) {
+    switch (frame.event) {
+      case 'connect':
+        return this.onConnect(frame.data);
+      case 'connect_error':
+        return this.onConnectError(frame.data);
+      case 'disconnect':
+        // The server left us out (docs/protocol.md, "Leaving"); do not rejoin by ourselves.
+        this.wanted = false;
+        return this.markDisconnected('io server disconnect');
+      case 'error': {
+        const { code = 'error', message = 'error' } = frame.data ?? {};
+        return this.emitLocal('error', new SocketError(code, message, frame.data));
+      }
+      default:
+        return this.receiveEvent(frame, ws);
+    }
+  }
+
+  /** An application event: catch-all listeners, then the event's listeners, then the ack. */
+  receiveEvent(frame, ws) {
+    for (const fn of [...this.anyListeners]) safeCall(fn, [frame.event, frame.data]);
+    const { called, first } = this.emitLocal(frame.event, frame.data);
+    // The first listener's return value answers the server's ack request. No listener (or a
+    // throwing one) sends nothing: an invented `null` would look like a real answer.
+    if (Number.isInteger(frame.id) && called > 0 && first.ok) {
+      Promise.resolve(first.value)
+        .then((value) => this.manager.writeOn(ws, encode('ack', this.name, value ?? null, frame.id, true)))
+        .catch(report);
+    }
+  }
+}
+
+/** Encode an envelope; refuse reserved event names unless the client itself speaks them. */
+function encode(event, namespace, data, id, internal = false) {
+  if (typeof event !== 'string' || event.length === 0) {
+    throw new TypeError('event must be a non-empty string');
+  }
+  if (!internal && RESERVED_EVENTS.has(event)) {
+    throw new SocketError('reserved_event', `"${event}" is reserved`);
+  }
+  const frame = { event, namespace, data: data === undefined ? null : data };
+  if (id !== null) frame.id = id;
+  return JSON.stringify(frame);
+}
+
+/**
+ * The WebSocket and everything shared by its namespaces: the current transport,
+ * reconnection, heartbeat, ack ids.
+ */
+class Manager {
+  constructor(url, options) {
+    this.url = url;
+    this.options = options;
+    /** @type {Map<string, Namespace>} */
+    this.namespaces = new Map();
+    this.ws = null;
+    /** The current WebSocket's first frame was accepted: namespaces can be joined. */
+    this.ready = false;
+    /** Closed by the application or given up: no reconnection. */
+    this.closed = true;
+    /** Attempts since the last ready WebSocket (drives the backoff). */
+    this.attempts = 0;
+    this.sid = null;
+    /** Ack ids are never reused, so a late ack can not settle a newer request. */
+    this.nextAckId = 0;
+    /** id -> {namespace, resolve, reject, timer, sent} */
+    this.pending = new Map();
+    this.reconnectTimer = null;
+    this.heartbeatTimer = null;
+    this.deadTimer = null;
+  }
+
+  /** Get or create a namespace object. */
+  namespace(name, auth) {
+    if (typeof name !== 'string' || !name.startsWith('/')) throw new TypeError('a namespace starts with "/"');
+    let ns = this.namespaces.get(name);
+    if (!ns) {
+      ns = new Namespace(this, name, auth);
+      this.namespaces.set(name, ns);
+    } else if (auth !== null) {
+      ns.auth = auth;
+    }
+    return ns;
+  }
+
+  /** `socket.of(name, {auth})`: a namespace multiplexed over this WebSocket. */
+  join(name, auth) {
+    const ns = this.namespace(name, auth);
+    ns.connect();
+    return ns;
+  }
+
+  /** Every namespace: lifecycle events that concern the whole connection. */
+  broadcastLocal(event, ...args) {
+    for (const ns of this.namespaces.values()) ns.emitLocal(event, ...args);
+  }
+
+  // Transport
+
+  /** Open a new WebSocket (no-op if one is open or opening). */
+  open() {
+    if (this.ws) return;
+    this.closed = false;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    this.ready = false;
+    ws.onmessage = (event) => this.onMessage(ws, event.data);
+    ws.onclose = (event) => this.onClose(ws, event.code);
+    // The server's first frame must come within the heartbeat timeout, or we never know
+    // whether it speaks our protocol (never hang).
+    this.armDeadTimer(ws);
+  }
+
+  /** Write one frame on the current WebSocket if it is usable; false if not. */
+  write(text) {
+    return this.writeOn(this.ws, text);
+  }
+
+  /** Write on a given WebSocket only: acks answer ids that belong to one connection. */
+  writeOn(ws, text) {
+    if (!ws || ws !== this.ws || !this.ready || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(text);
+    return true;
+  }
+
+  onMessage(ws, text) {
+    if (ws !== this.ws) return;
+    this.disarmDeadTimer(); // any frame proves the link is alive
+    let frame;
+    try {
+      frame = typeof text === 'string' ? JSON.parse(text) : null;
+    } catch {
+      frame = null;
+    }
+    const valid =
+      frame !== null && typeof frame === 'object' && !Array.isArray(frame) && typeof frame.event === 'string';
+    if (valid) {
+      // Defaults of docs/protocol.md, "The envelope".
+      if (typeof frame.namespace !== 'string') frame.namespace = '/';
+      if (frame.data === undefined) frame.data = null;
+    }
+    if (!this.ready) {
+      this.onFirstFrame(ws, valid ? frame : null);
+      return;
+    }
+    if (valid) this.dispatch(frame, ws);
+  }
+
+  /**
+   * Check the server's first frame: a `connect` on `/` carrying `protocol: 1`, or a
+   * `connect_error` on `/` (docs/protocol.md, "Connecting"). Anything else is a server we
+   * can not read: close with 4010 rather than wait for frames we would misunderstand.
+   */
+  onFirstFrame(ws, frame) {
+    const isRoot = frame?.namespace === '/';
+    if (isRoot && frame.event === 'connect' && frame.data?.protocol === PROTOCOL) {
+      this.sid = frame.data.sid ?? null;
+    } else if (!(isRoot && frame.event === 'connect_error')) {
+      const version = isRoot && frame.event === 'connect' ? frame.data?.protocol : undefined;
+      const what = version === undefined ? 'an unexpected first frame' : `protocol ${JSON.stringify(version)}`;
+      const message = `server sent ${what}; this client speaks protocol ${PROTOCOL}`;
+      this.abandon(ws, new SocketError('unsupported_protocol', message));
+      return;
+    }
+    this.becomeReady();
+    if (ws === this.ws) this.dispatch(frame, ws); // a `reconnect` listener may have closed it
+  }
+
+  /** The WebSocket speaks our protocol: start the heartbeat and join the namespaces. */
+  becomeReady() {
+    this.ready = true;
+    const attempts = this.attempts;
+    this.attempts = 0;
+    this.startHeartbeat();
+    if (attempts > 0) this.broadcastLocal('reconnect', attempts);
+    for (const ns of this.namespaces.values()) {
+      ns.authSent = false;
+      // `/` is joined by the server on open; every other namespace is joined again with its auth.
+      if (ns.name !== '/' && ns.wanted) ns.sendConnect();
+    }
+  }
+
+  dispatch(frame, ws) {
+    if (frame.event === 'heartbeat') return;
+    if (frame.event === 'ack') {
+      this.settleAck(frame.id, null, frame.data);
+      return;
+    }
+    if (frame.event === 'error' && frame.data?.code !== 'unknown_ack' && this.pending.has(frame.id)) {
+      // The server refused a frame that asked for an ack; its error carries that id. (An
+      // `unknown_ack` error carries the id of one of *our* ack replies, a server-chosen id.)
+      const { code = 'error', message = 'error' } = frame.data ?? {};
+      this.settleAck(frame.id, new SocketError(code, message, frame.data));
+      return;
+    }
+    this.namespaces.get(frame.namespace)?.receive(frame, ws);
+  }
+
+  /**
+   * The WebSocket closed. Decide from the close code whether and when to reconnect
+   * (docs/protocol.md, "Close codes").
+   */
+  onClose(ws, code) {
+    if (ws !== this.ws) return;
+    const action = CLOSE_ACTIONS.get(code) ?? 'backoff';
+    const reason = code === 4001 ? 'io server disconnect' : 'transport close';
+    this.lose(reason, { code }, action);
+  }
+
+  /** Drop the current WebSocket and everything tied to it, then reconnect or give up. */
+  lose(reason, details, action) {
+    this.detach();
+    for (const ns of this.namespaces.values()) ns.markDisconnected(reason, details);
+    if (this.closed) return; // a `disconnect` listener called close()
+    if (action === 'stop' || !this.options.reconnect) {
+      this.giveUp(new SocketError('closed', `connection closed (${reason}, code ${details.code})`));
+    } else {
+      this.scheduleReconnect(action);
+    }
+  }
+
+  /** Forget the current WebSocket (closing it if needed) and stop its timers. */
+  detach(code = 1000, why = '') {
+    const ws = this.ws;
+    this.ws = null;
+    this.ready = false;
+    clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+    this.disarmDeadTimer();
+    if (ws) {
+      ws.onmessage = ws.onclose = null;
+      if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close(code, why);
+    }
+  }
+
+  /** The server speaks another protocol: close with 4010 and report it; do not retry. */
+  abandon(ws, error) {
+    this.detach(CLOSE_UNSUPPORTED_PROTOCOL, 'unsupported protocol');
+    for (const ns of this.namespaces.values()) if (ns.wanted) ns.emitLocal('connect_error', error);
+    this.giveUp(error);
+  }
+
+  /** Stop for good: no reconnection; everything still waiting fails with `error`. */
+  giveUp(error) {
+    this.closed = true;
+    this.attempts = 0; // a later `connect()` starts afresh
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    for (const ns of this.namespaces.values()) {
+      for (const entry of ns.buffer.splice(0)) if (entry.id !== null) this.settleAck(entry.id, error);
+      ns.settleWaiters(error);
+    }
+    for (const id of [...this.pending.keys()]) this.settleAck(id, error);
+  }
+
+  /** `socket.close()`: leave everything and stay closed. */
+  close() {
+    const error = new SocketError('closed', 'the socket was closed');
+    for (const ns of this.namespaces.values()) ns.markDisconnected('io client disconnect');
+    this.detach(1000, 'client closed');
+    this.giveUp(error);
+  }
+
+  // Reconnection
+
+  /** Wait (exponential backoff with jitter and a cap), then open a new WebSocket. */
+  scheduleReconnect(action) {
+    if (this.attempts >= this.options.reconnectAttempts) {
+      this.broadcastLocal('reconnect_failed', this.attempts);
+      this.giveUp(new SocketError('reconnect_failed', `gave up after ${this.attempts} attempts`));
+      return;
+    }
+    // "Reconnect at once" (4000) only on the first try: a server that keeps refusing us
+    // this way gets the ordinary backoff instead of a busy loop.
+    const delay = action === 'now' && this.attempts === 0 ? 0 : this.backoff(action);
+    this.attempts += 1;
+    const attempt = this.attempts;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.broadcastLocal('reconnect_attempt', attempt);
+      if (!this.closed) this.open(); // a `reconnect_attempt` listener may have called close()
+    }, delay);
+  }
+
+  /** Delay before the next attempt, in ms. */
+  backoff(action) {
+    const { reconnectDelay, reconnectDelayMax, reconnectDelayLong, randomizationFactor } = this.options;
+    let delay = Math.min(reconnectDelayMax, reconnectDelay * 2 ** this.attempts);
+    if (action === 'long') delay = Math.max(delay, reconnectDelayLong);
+    return delay * (1 + randomizationFactor * (2 * Math.random() - 1));
+  }
+
+  // Heartbeat (docs/protocol.md, "Heartbeat")
+
+  /**
+   * Send a heartbeat every `heartbeatInterval`. The dead timer is armed by a heartbeat and
+   * disarmed by any frame, so "dead" means a heartbeat went unanswered for
+   * `heartbeatTimeout`: a background tab whose timers are throttled does not mistake its
+   * own slowness for a dead link.
+   */
+  startHeartbeat() {
+    const { heartbeatInterval } = this.options;
+    if (heartbeatInterval === null) return;
+    const ws = this.ws;
+    this.heartbeatTimer = setInterval(() => {
+      if (this.writeOn(ws, '{"event":"heartbeat"}')) this.armDeadTimer(ws);
+    }, heartbeatInterval);
+  }
+
+  armDeadTimer(ws) {
+    const { heartbeatTimeout } = this.options;
+    if (heartbeatTimeout === null || this.deadTimer !== null) return;
+    this.deadTimer = setTimeout(() => {
+      this.deadTimer = null;
+      if (ws === this.ws) this.lose('ping timeout', { code: null }, 'backoff');
+    }, heartbeatTimeout);
+  }
+
+  disarmDeadTimer() {
+    if (this.deadTimer === null) return;
+    clearTimeout(this.deadTimer);
+    this.deadTimer = null;
+  }
+
+  // Acknowledgements
+
+  /** The frame with this ack id has been written: from now on a disconnect fails it. */
+  markSent(id) {
+    const entry = id === null ? undefined : this.pending.get(id);
+    if (entry) entry.sent = true;
+  }
+
+  /** Resolve (`error` null) or reject a pending ack; unknown ids are ignored (late acks). */
+  settleAck(id, error, value) {
+    const entry = this.pending.get(id);
+    if (!entry) return;
+    this.pending.delete(id);
+    clearTimeout(entry.timer);
+    if (error) entry.reject(error);
+    else entry.resolve(value === undefined ? null : value);
+  }
+
+  /** A namespace went away: acks for frames already sent there can never come. */
+  failSentAcks(namespace, error) {
+    for (const [id, entry] of this.pending) {
+      if (entry.namespace === namespace && entry.sent) this.settleAck(id, error);
+    }
+  }
+}
