@@ -1,4 +1,4 @@
-"""The wscat session of docs/wscat-session.md, typed into the real ``wscat`` against ``python server.py``.
+"""The wscat session of README.md, typed into the real ``wscat`` against ``python server.py``.
 
 wscat only shows its interactive session (``< `` before received frames, ``> `` prompts) on a
 terminal: with a pipe it drops the markers and writes prompts in front of frames. So each wscat
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, ServerProcess, require
 
-SESSION = ROOT / "docs" / "wscat-session.md"
+SESSION = ROOT / "README.md"
 TIMEOUT = 10.0  # seconds for any expected line
 CSI = re.compile(r"\x1b\[([0-9;?]*)([@-~])")
 PARTIAL_CSI = re.compile(r"\x1b(\[[0-9;?]*)?$")
@@ -220,7 +220,7 @@ def join_test(session: Wscat) -> None:
 def test_the_documented_wscat_session(
     server_process: Callable[..., ServerProcess], wscat: Callable[[str], Wscat]
 ) -> None:
-    """Typing the session of docs/wscat-session.md into wscat shows exactly its replies."""
+    """Typing the session of README.md into wscat shows exactly its replies."""
     demo = server_process()
     bystander = wscat(demo.url)  # another client in /test, to see the broadcast arrive
     join_test(bystander)
