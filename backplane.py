@@ -33,7 +33,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from protocol import Envelope, ProtocolError, parse_json
+from protocol import Envelope, ProtocolError, parse_json, valid_offset
 
 if TYPE_CHECKING:
     from server import SocketServer
@@ -54,7 +54,7 @@ class BackplaneError(Exception):
 _STR_LIST = "str list"
 # kind -> required fields and their types; "to"/"skip" may also be null.
 _SCHEMA: dict[str, dict[str, Any]] = {
-    "emit": {"namespace": str, "event": str, "to": _STR_LIST, "skip": _STR_LIST},
+    "emit": {"namespace": str, "event": str, "to": _STR_LIST, "skip": _STR_LIST, "offset": (str, type(None))},
     "enter_room": {"namespace": str, "sid": str, "room": str},
     "leave_room": {"namespace": str, "sid": str, "room": str},
     "close_room": {"namespace": str, "room": str},
@@ -64,7 +64,12 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "query": {"query_id": str, "reply_to": str, "namespace": (str, type(None)), "room": (str, type(None))},
     "query_reply": {"query_id": str, "sids": _STR_LIST, "count": int},
     "ping": {"ping": int},
+    "claim": {"claim_id": str, "reply_to": str, "key": str, "offset": (str, type(None))},
+    "claim_reply": {"claim_id": str, "ok": bool, "sid": str, "state": (dict, type(None)), "frames": list, "mark": int},
+    "finish": {"claim_id": str, "reply_to": str, "sid": str, "mark": int},
+    "finish_reply": {"claim_id": str, "frames": _STR_LIST},
 }
+REPLIES = frozenset({"call_reply", "query_reply", "claim_reply", "finish_reply"})
 MAX_TRACKED_SENDERS = 1_000  # senders whose sequence numbers a node remembers
 
 
@@ -102,6 +107,8 @@ def parse_message(raw: bytes | str) -> dict[str, Any]:
     seq = message.get("seq")
     if seq is not None and (type(seq) is not int or seq < 1):
         raise BackplaneError("field 'seq' is invalid")
+    if message["kind"] == "emit" and message.get("offset") is not None and not valid_offset(message["offset"]):
+        raise BackplaneError("field 'offset' is invalid")
     if message["kind"] == "emit":
         try:
             Envelope(message["event"], message["namespace"], message.get("data"))
@@ -185,7 +192,7 @@ class RedisBackplane:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.wait(self._tasks, timeout=2)  # never let a stuck Redis call stall shutdown
         try:
             async with asyncio.timeout(1):
                 await self.redis.delete(self._node_key(self.node))
@@ -214,9 +221,17 @@ class RedisBackplane:
         self._enqueue(self.channel, make_message(kind, self.node, seq=self._seq, **fields))
 
     def publish_emit(
-        self, namespace: str, event: str, data: Any, to: str | Iterable[str] | None, skip: str | Iterable[str] | None
+        self,
+        namespace: str,
+        event: str,
+        data: Any,
+        to: str | Iterable[str] | None,
+        skip: str | Iterable[str] | None,
+        offset: str | None = None,
     ) -> None:
-        self.publish("emit", namespace=namespace, event=event, data=data, to=_as_list(to), skip=_as_list(skip))
+        self.publish(
+            "emit", namespace=namespace, event=event, data=data, to=_as_list(to), skip=_as_list(skip), offset=offset
+        )
 
     def _enqueue(self, channel: str, message: str) -> None:
         if len(self._queue) >= MAX_QUEUE:
@@ -297,7 +312,10 @@ class RedisBackplane:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message["type"] == "message":
-                        self._receive(message["data"])
+                        try:
+                            self._receive(message["data"])
+                        except Exception:  # our bug: log it, but never stop listening
+                            logger.exception("failed to apply a backplane message")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: never let the node go deaf
@@ -316,17 +334,25 @@ class RedisBackplane:
         except BackplaneError as exc:
             logger.warning("dropped an invalid backplane message: %s", exc)
             return
-        if message["node"] == self.node and message["kind"] not in ("ping", "call_reply", "query_reply"):
+        if message["node"] == self.node and message["kind"] != "ping" and message["kind"] not in REPLIES:
             return  # already delivered locally
         if "seq" in message:
             self._check_gap(message["node"], message["seq"])
         kind = message["kind"]
         if kind == "ping":
             self._ping_seen = max(self._ping_seen, message["ping"])
-        elif kind in ("call_reply", "query_reply"):
-            replies = self._waiters.get(message.get("call_id") or message.get("query_id"))  # type: ignore[arg-type]
+        elif kind in REPLIES:
+            request_id = message.get("call_id") or message.get("query_id") or message.get("claim_id")
+            replies = self._waiters.get(request_id)  # type: ignore[arg-type]
             if replies is not None:
                 replies.put_nowait(message)
+        elif kind == "claim":
+            released = self.server.release_session(message["key"], message["offset"])
+            if released is not None:
+                self._reply(message["reply_to"], "claim_reply", claim_id=message["claim_id"], **released)
+        elif kind == "finish":
+            frames = self.server.finish_release(message["sid"], message["mark"])
+            self._reply(message["reply_to"], "finish_reply", claim_id=message["claim_id"], frames=frames)
         elif kind == "call":
             self.server.start_background_task(self._answer_call, message)
         elif kind == "query":
@@ -410,6 +436,35 @@ class RedisBackplane:
         finally:
             del self._waiters[request_id]
         return collected
+
+    async def _first_reply(self, kind: str, channel: str, wait: float, **fields: Any) -> dict[str, Any] | None:
+        """Send a request and return the first reply to it, or None after ``wait`` seconds."""
+        request_id = secrets.token_hex(8)
+        replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._waiters[request_id] = replies
+        try:
+            numbered: dict[str, int] = {}
+            if channel == self.channel:  # cluster-wide messages carry their sequence number
+                self._seq += 1
+                numbered["seq"] = self._seq
+            self._enqueue(
+                channel, make_message(kind, self.node, claim_id=request_id, reply_to=self.node, **numbered, **fields)
+            )
+            async with asyncio.timeout(wait):
+                return await replies.get()
+        except TimeoutError:
+            return None
+        finally:
+            del self._waiters[request_id]
+
+    async def claim(self, key: str, offset: str | None, wait: float) -> dict[str, Any] | None:
+        """Ask the node holding the session of token digest ``key`` to hand it over."""
+        return await self._first_reply("claim", self.channel, wait, key=key, offset=offset)
+
+    async def finish_claim(self, node: str, sid: str, mark: int, wait: float) -> list[str] | None:
+        """Take the frames ``node`` recorded for ``sid`` since ``mark``; the session leaves ``node``."""
+        reply = await self._first_reply("finish", f"{self.channel}#{node}", wait, sid=sid, mark=mark)
+        return None if reply is None else reply["frames"]
 
     async def call(self, event: str, data: Any, to: str, namespace: str, timeout: float) -> list[dict[str, Any]]:
         """Ask other nodes to call their clients in ``to`` (a sid or a room); return their replies."""

@@ -112,8 +112,17 @@ def decode(text: str, *, max_depth: int = MAX_DEPTH, max_event_length: int = MAX
     return Envelope(event, namespace, obj.get("data"), id)
 
 
-def encode(event: str, data: Any = None, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> str:
+def encode(
+    event: str,
+    data: Any = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    id: int | None = None,
+    offset: str | None = None,
+) -> str:
     """Encode one outgoing envelope as compact, strict JSON.
+
+    ``offset`` (connection state recovery, docs/protocol.md) is always the last field, so
+    that a recorded frame can be found by the suffix :func:`offset_suffix` gives.
 
     Raises:
         TypeError: ``data`` holds something JSON can not represent.
@@ -122,7 +131,19 @@ def encode(event: str, data: Any = None, namespace: str = DEFAULT_NAMESPACE, id:
     envelope: dict[str, Any] = {"event": event, "namespace": namespace, "data": data}
     if id is not None:
         envelope["id"] = id
+    if offset is not None:
+        envelope["offset"] = offset
     return _dumps(envelope)
+
+
+def offset_suffix(offset: str) -> bytes:
+    """Return how a frame encoded with ``offset`` ends."""
+    return f',"offset":"{offset}"}}'.encode()
+
+
+def valid_offset(text: str) -> bool:
+    """Tell whether ``text`` has the shape of an offset this server hands out."""
+    return 0 < len(text) <= 64 and _OFFSET.fullmatch(text) is not None
 
 
 def encode_error(code: str, message: str, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> str:
@@ -143,6 +164,7 @@ def _reject_constant(name: str) -> Any:
 
 
 _decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_OFFSET = re.compile(r"[A-Za-z0-9_-]+")
 # A \u escape of a UTF-16 surrogate is the only way a lone surrogate gets into decoded text:
 # websockets already refuses frames that are not valid UTF-8 (close 1007).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")

@@ -62,15 +62,14 @@ from protocol import (
     HEARTBEAT,
     MAX_DEPTH,
     MAX_EVENT_LENGTH,
-    PROTOCOL_VERSION,
     CloseCode,
     Envelope,
     ProtocolError,
     decode,
     encode,
-    encode_error,
-    error_frame,
+    offset_suffix,
 )
+from recovery import Recovery
 from registry import Registry
 
 logger = logging.getLogger("plainsocket")
@@ -167,27 +166,35 @@ class Connection:
         "address",
         "backlog",
         "close_reason",
+        "detached",
+        "expiry",
         "hold",
+        "log",
+        "log_bytes",
+        "log_count",
+        "log_evicted",
         "namespaces",
         "next_ack_id",
         "pending",
         "progress",
         "refused",
+        "seen",
         "server",
         "sessions",
         "sid",
         "stalled_since",
         "stamp",
+        "token",
         "tokens",
         "worker",
         "written",
         "ws",
     )
 
-    def __init__(self, server: SocketServer, ws: ServerConnection) -> None:
+    def __init__(self, server: SocketServer, ws: ServerConnection, sid: str | None = None) -> None:
         self.ws = ws
         self.server = server
-        self.sid = secrets.token_urlsafe(16)
+        self.sid = sid or secrets.token_urlsafe(16)
         remote = ws.remote_address
         self.address: str = remote[0] if remote else "?"
         self.namespaces: set[str] = set()
@@ -204,12 +211,67 @@ class Connection:
         self.written = 0  # bytes handed to the transport, for the slow-consumer watchdog
         self.progress = 0
         self.stalled_since: float | None = None
+        # Connection state recovery (docs/protocol.md): what was sent, kept for a resume.
+        self.token: str | None = None
+        self.log: deque[bytes] | None = None  # created on the first frame: idle clients pay nothing
+        self.log_bytes = 0
+        self.log_count = 0  # frames ever recorded
+        self.log_evicted = False
+        self.seen: tuple[set[int], deque[int]] | None = None  # ids of client frames handled
+        self.detached = False  # the socket dropped; the session waits for its client
+        self.expiry: asyncio.TimerHandle | None = None
 
     def send(self, frame: bytes) -> None:
         """Queue one text frame without waiting: no single client can delay the others."""
         if self.hold is not None:
             self.hold.append(frame)
             return
+        if self.server.recovery_window:
+            self.record(frame)
+        self.write(frame)
+
+    def send_control(self, frame: bytes) -> None:
+        """Send a frame that is never replayed (connect, heartbeat)."""
+        self.write(frame)
+
+    def record(self, frame: bytes) -> None:
+        """Keep ``frame`` for a resume, within the session's event and byte bounds."""
+        log = self.log
+        if log is None:
+            log = self.log = deque()
+        log.append(frame)
+        self.log_bytes += len(frame)
+        self.log_count += 1
+        server = self.server
+        while len(log) > server.recovery_max_events or self.log_bytes > server.recovery_max_bytes:
+            self.log_bytes -= len(log.popleft())
+            self.log_evicted = True
+
+    def frames_after(self, offset: str | None) -> list[bytes] | None:
+        """Return the recorded frames after ``offset`` (all when None), or None if some are gone."""
+        frames = list(self.log or ())
+        if offset is None:
+            return None if self.log_evicted else frames
+        suffix = offset_suffix(offset)
+        for index in range(len(frames) - 1, -1, -1):
+            if frames[index].endswith(suffix):
+                return frames[index + 1 :]
+        return None
+
+    def handled_before(self, id: int) -> bool:
+        """Remember a client frame id; tell whether it was handled already (a re-sent frame)."""
+        if self.seen is None:
+            self.seen = (set(), deque())
+        ids, order = self.seen
+        if id in ids:
+            return True
+        ids.add(id)
+        order.append(id)
+        if len(order) > self.server.recovery_max_events:
+            ids.discard(order.popleft())
+        return False
+
+    def write(self, frame: bytes) -> None:
         ws = self.ws
         if ws.protocol.state is not OPEN:
             return
@@ -223,9 +285,6 @@ class Connection:
         except Exception:  # the transport failed; connection_lost() reports it
             return
         self.written += len(frame)
-
-    def send_text(self, text: str) -> None:
-        self.send(text.encode())
 
     def close(self, code: int, reason: str, why: str) -> None:
         """Start the closing handshake now; abort the TCP connection if it does not finish.
@@ -341,7 +400,7 @@ def emit(
     context = _context()
     namespace = namespace or context.namespace
     if to is None and not broadcast:
-        context.conn.send_text(encode(event, data, namespace))
+        context.conn.send(context.server.frame(event, data, namespace))
         return
     if not include_self:
         skip_sid = _with(skip_sid, context.conn.sid)
@@ -394,7 +453,7 @@ def _with(skip_sid: str | list[str] | None, sid: str) -> list[str]:
 # -- The server ------------------------------------------------------------------------------
 
 
-class SocketServer:
+class SocketServer(Recovery):
     """An event server: namespaces, rooms, broadcasts and acknowledgements over WebSockets.
 
     Constructing it has no side effects; nothing listens until :meth:`start` or :meth:`run`.
@@ -427,6 +486,10 @@ class SocketServer:
         allowed_origins: Iterable[str] | str | None = None,
         # Transport
         compression: bool = False,
+        # Connection state recovery (off when the window is 0)
+        recovery_window: float = 0.0,
+        recovery_max_events: int = 1000,
+        recovery_max_bytes: int = 2**20,
         # Scale-out
         message_queue: str | None = None,
         channel: str = "plainsocket",
@@ -452,6 +515,12 @@ class SocketServer:
         self.allowed_origins = _parse_origins(allowed_origins)
         self.compression = compression
         self.message_queue = message_queue
+        self.recovery_window = recovery_window
+        self.recovery_max_events = recovery_max_events
+        self.recovery_max_bytes = recovery_max_bytes
+        self._tokens: dict[str, str] = {}  # token digest -> sid
+        self._offset_prefix = secrets.token_hex(4)  # offsets stay unique across a cluster
+        self._offset_count = 0
         self.channel = channel
         self.heartbeat_interval = heartbeat_interval
         self.backplane: RedisBackplane | None = None
@@ -513,12 +582,24 @@ class SocketServer:
         The frame is encoded once and written to every recipient without waiting for any of
         them. Returns how many clients it was written to.
         """
-        frame = encode(event, data, namespace).encode()
+        offset = self._next_offset() if self.recovery_window else None
+        frame = encode(event, data, namespace, None, offset).encode()
         count = self._deliver(namespace, frame, to, skip_sid)
         if self.backplane is not None and not (isinstance(to, str) and to in self._connections):
             # Deliver locally first, then let the other nodes deliver to theirs.
-            self.backplane.publish_emit(namespace, event, data, to, skip_sid)
+            self.backplane.publish_emit(namespace, event, data, to, skip_sid, offset)
         return count
+
+    def frame(self, event: str, data: Any = None, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> bytes:
+        """Encode one frame for one client (with an offset when recovery is on)."""
+        return encode(event, data, namespace, id, self._next_offset() if self.recovery_window else None).encode()
+
+    def _error(self, code: str, message: str, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> bytes:
+        return self.frame(ERROR, {"code": code, "message": message}, namespace, id)
+
+    def _next_offset(self) -> str:
+        self._offset_count += 1
+        return f"{self._offset_prefix}-{self._offset_count}"
 
     def send(self, data: Any, *, json: bool = False, **options: Any) -> int:
         """Emit a ``message`` event (``json`` with ``json=True``)."""
@@ -596,7 +677,7 @@ class SocketServer:
             raise ClientDisconnectedError(conn.sid)
         id, future = conn.expect_ack()
         try:
-            conn.send_text(encode(event, data, namespace, id))
+            conn.send(self.frame(event, data, namespace, id))
             async with asyncio.timeout(timeout):
                 return await future
         except TimeoutError:
@@ -680,7 +761,8 @@ class SocketServer:
         """Apply a validated message from another node to this node's clients only."""
         kind, namespace = message["kind"], message["namespace"]
         if kind == "emit":
-            frame = encode(message["event"], message.get("data"), namespace).encode()
+            offset = (message.get("offset") or self._next_offset()) if self.recovery_window else None
+            frame = encode(message["event"], message.get("data"), namespace, None, offset).encode()
             self._deliver(namespace, frame, message["to"], message["skip"])
         elif kind == "enter_room" and self.registry.is_connected(namespace, message["sid"]):
             try:
@@ -848,18 +930,23 @@ class SocketServer:
     # -- One connection's life ---------------------------------------------------------------
 
     async def _serve(self, ws: ServerConnection) -> None:
-        conn = Connection(self, ws)
-        if self._over_connection_limit(conn):
-            conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS)
-            await ws.wait_closed()
-            return
-        self._connections[conn.sid] = conn
+        conn = await self._resume(ws) if self.recovery_window else None
+        fresh = conn is None
+        if conn is None:
+            conn = Connection(self, ws)
+            if self._over_connection_limit(conn):
+                conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS)
+                await ws.wait_closed()
+                return
+            self._connections[conn.sid] = conn
+            logger.info("connect sid=%s address=%s", conn.sid, conn.address)
         self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
-        logger.info("connect sid=%s address=%s", conn.sid, conn.address)
+        address = conn.address
         try:
-            pending = self._connect_namespace(conn, DEFAULT_NAMESPACE, None)
-            if pending is not None:
-                await pending
+            if fresh:
+                pending = self._connect_namespace(conn, DEFAULT_NAMESPACE, None)
+                if pending is not None:
+                    await pending
             async for message in ws:
                 if type(message) is str:
                     self._on_text(conn, message)
@@ -868,31 +955,39 @@ class SocketServer:
         except ConnectionClosed:
             pass
         finally:
-            await self._drop(conn)
+            remaining = self._per_address[address] - 1
+            if remaining:
+                self._per_address[address] = remaining
+            else:
+                del self._per_address[address]
+            if conn.ws is ws and not conn.detached:  # else a newer socket took the session over
+                reason = conn.close_reason or _close_reason(ws)
+                if self._keeps(conn, reason):
+                    self._detach(conn, reason)
+                else:
+                    await self._end(conn, reason)
 
     def _over_connection_limit(self, conn: Connection) -> bool:
         if len(self._connections) >= self.max_connections:
             return True
         return self._per_address.get(conn.address, 0) >= self.max_connections_per_address
 
-    async def _drop(self, conn: Connection) -> None:
-        """Forget a closed connection: run each namespace's disconnect handler exactly once."""
-        reason = conn.close_reason or _close_reason(conn.ws)
+    async def _end(self, conn: Connection, reason: str) -> None:
+        """End a session: run each namespace's disconnect handler exactly once, forget it."""
         if conn.worker is not None:
             conn.worker.cancel()
+        self._fail_pending(conn)
+        self._forget_token(conn)
+        for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
+            await self._leave(conn, namespace, reason, notify=False)
+        self._connections.pop(conn.sid, None)
+        logger.info("disconnect sid=%s address=%s reason=%s", conn.sid, conn.address, reason)
+
+    def _fail_pending(self, conn: Connection) -> None:
         for future in conn.pending.values():
             if not future.done():
                 future.set_exception(ClientDisconnectedError(conn.sid))
         conn.pending.clear()
-        for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
-            await self._leave(conn, namespace, reason, notify=False)
-        del self._connections[conn.sid]
-        remaining = self._per_address[conn.address] - 1
-        if remaining:
-            self._per_address[conn.address] = remaining
-        else:
-            del self._per_address[conn.address]
-        logger.info("disconnect sid=%s address=%s reason=%s", conn.sid, conn.address, reason)
 
     def _admit(self, conn: Connection) -> bool:
         """Apply the per-connection token bucket; refuse (and eventually close) a flood."""
@@ -908,12 +1003,12 @@ class SocketServer:
         if conn.refused > self.rate_burst:
             conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", RATE_LIMITED)
         else:
-            conn.send_text(encode_error("rate_limited", f"more than {self.rate_limit:g} frames per second"))
+            conn.send(self._error("rate_limited", f"more than {self.rate_limit:g} frames per second"))
         return False
 
     def _on_binary(self, conn: Connection) -> None:
         if self._admit(conn):
-            conn.send_text(encode_error("binary_unsupported", "binary frames are not part of protocol v1"))
+            conn.send(self._error("binary_unsupported", "binary frames are not part of protocol v1"))
 
     def _on_text(self, conn: Connection, text: str) -> None:
         if not self._admit(conn):
@@ -921,13 +1016,16 @@ class SocketServer:
         try:
             envelope = decode(text, max_depth=self.max_depth, max_event_length=self.max_event_length)
         except ProtocolError as exc:
-            conn.send_text(error_frame(exc))
+            conn.send(self._error(exc.code, exc.message, exc.namespace, exc.id))
             return
         event = envelope.event
         if event == ACK:
             self._resolve_ack(conn, envelope)
+        elif self.recovery_window and envelope.id is not None and conn.handled_before(envelope.id):
+            # Re-sent after a resume: it was handled, and its ack was among the replayed frames.
+            return
         elif event == HEARTBEAT:
-            conn.send(HEARTBEAT_FRAME)
+            conn.send_control(HEARTBEAT_FRAME)
         elif conn.backlog is not None:
             # An async handler is running: keep the client's order by queueing behind it.
             if len(conn.backlog) >= self.max_backlog:
@@ -1021,11 +1119,11 @@ class SocketServer:
 
     def _ack(self, conn: Connection, envelope: Envelope, result: Any) -> None:
         try:
-            frame = encode(ACK, result, envelope.namespace, envelope.id)
+            frame = self.frame(ACK, result, envelope.namespace, envelope.id)
         except (TypeError, ValueError) as exc:
             self._handler_failed(conn, envelope, exc)
             return
-        conn.send_text(frame)
+        conn.send(frame)
 
     def _handler_failed(self, conn: Connection, envelope: Envelope, exc: Exception) -> None:
         if isinstance(exc, LimitExceededError):
@@ -1041,7 +1139,7 @@ class SocketServer:
         self._refuse(conn, envelope, "handler_error", "the event handler failed")
 
     def _refuse(self, conn: Connection, envelope: Envelope, code: str, message: str) -> None:
-        conn.send_text(encode_error(code, message, envelope.namespace, envelope.id))
+        conn.send(self._error(code, message, envelope.namespace, envelope.id))
 
     def _resolve_ack(self, conn: Connection, envelope: Envelope) -> None:
         future = conn.pending.pop(envelope.id, None) if envelope.id is not None else None
@@ -1055,13 +1153,13 @@ class SocketServer:
     def _connect_namespace(self, conn: Connection, namespace: str, auth: Any) -> Awaitable[None] | None:
         handlers = self._handlers.get(namespace)
         if handlers is None:
-            conn.send_text(encode(CONNECT_ERROR, {"message": "unknown namespace"}, namespace))
+            conn.send(self.frame(CONNECT_ERROR, {"message": "unknown namespace"}, namespace))
             return None
         if namespace in conn.namespaces:
-            conn.send_text(self._connect_frame(conn, namespace))
+            conn.send_control(self._connect_frame(conn, namespace))
             return None
         if len(conn.namespaces) >= self.max_namespaces:
-            conn.send_text(encode(CONNECT_ERROR, {"message": "too many namespaces"}, namespace))
+            conn.send(self.frame(CONNECT_ERROR, {"message": "too many namespaces"}, namespace))
             return None
         # Join provisionally so the connect handler can use rooms and emit; hold this
         # client's frames until the handler accepts, so that `connect` comes first.
@@ -1097,22 +1195,16 @@ class SocketServer:
     def _settle_connect(self, conn: Connection, namespace: str, refusal: str | None) -> None:
         held, conn.hold = conn.hold or [], None
         if refusal is None:
-            conn.send_text(self._connect_frame(conn, namespace))
+            conn.send_control(self._connect_frame(conn, namespace))
         else:
             # A refused client receives nothing from that namespace.
             self.registry.disconnect(namespace, conn.sid)
             conn.namespaces.discard(namespace)
             conn.sessions.pop(namespace, None)
-            conn.send_text(encode(CONNECT_ERROR, {"message": refusal}, namespace))
+            conn.send(self.frame(CONNECT_ERROR, {"message": refusal}, namespace))
             held = [frame for frame in held if json.loads(frame)["namespace"] != namespace]
         for frame in held:
             conn.send(frame)
-
-    def _connect_frame(self, conn: Connection, namespace: str) -> str:
-        data: dict[str, Any] = {"sid": conn.sid}
-        if namespace == DEFAULT_NAMESPACE:
-            data["protocol"] = PROTOCOL_VERSION
-        return encode(CONNECT, data, namespace)
 
     async def _leave(self, conn: Connection, namespace: str, reason: str, *, notify: bool) -> None:
         """Take ``conn`` out of ``namespace`` and run its disconnect handler once."""
@@ -1131,7 +1223,7 @@ class SocketServer:
         self.registry.disconnect(namespace, conn.sid)
         conn.sessions.pop(namespace, None)
         if notify:
-            conn.send_text(encode(DISCONNECT, None, namespace))
+            conn.send(self.frame(DISCONNECT, None, namespace))
 
     # -- Slow consumers ---------------------------------------------------------------------
 
@@ -1253,6 +1345,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--compression", action="store_true", help="enable permessage-deflate (~32 KiB more per connection)")
     add("--certfile", default=None)
     add("--keyfile", default=None)
+    add("--recovery-window", type=float, default=120.0, help="seconds a dropped session waits (0: off)")
+    add("--recovery-max-events", type=int, default=1000, help="frames kept per session for a resume")
+    add("--recovery-max-bytes", type=int, default=2**20, help="bytes kept per session for a resume")
     add("--redis", dest="message_queue", default=None, metavar="URL", help="scale out: redis://host:6379/0")
     add("--channel", default="plainsocket", help="Redis channel prefix shared by the cluster's nodes")
     add("--heartbeat-interval", type=float, default=2.0, help="seconds between a node's Redis heartbeats")

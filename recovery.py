@@ -1,0 +1,287 @@
+"""Connection state recovery: a client that drops comes back to the same session.
+
+When a socket drops without a closing handshake, its session (sid, namespaces, rooms,
+``session`` data, the frames sent to it) stays for ``recovery_window`` seconds, still a member
+of its rooms, recording what it would have received (within ``recovery_max_events`` and
+``recovery_max_bytes``). The client reconnects with its secret, single-use token and the
+offset of the last frame it got; it receives, in order and exactly once, every frame after
+that offset before any new one (docs/protocol.md, "Extension: connection state recovery").
+
+Across a cluster the token is claimed from the node that holds the session, over the Redis
+backplane: that node sends the session's state and recorded frames and goes on recording
+until the new node has joined the session's rooms, then hands over the rest; frames both
+nodes recorded in that overlap are recognised by their offsets and sent once.
+
+This module is a mixin of :class:`server.SocketServer`; it only touches the server's own
+state, on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+from protocol import CONNECT, DEFAULT_NAMESPACE, PROTOCOL_VERSION, ProtocolError, decode, encode, valid_offset
+
+if TYPE_CHECKING:
+    from websockets.asyncio.server import ServerConnection
+
+    from server import Connection, SocketServer
+
+logger = logging.getLogger("plainsocket")
+
+# Sessions kept after these reasons only: the client did not mean to leave.
+RECOVERABLE = frozenset({"transport close", "ping timeout", "slow consumer"})
+CLAIM_TIMEOUT = 2.0  # seconds a node waits for the node holding a session to hand it over
+
+
+def digest(token: str) -> str:
+    """Key tokens by their hash: a lookup never compares secrets byte by byte."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Recovery:
+    """Recovery methods of :class:`server.SocketServer`."""
+
+    # -- Tokens -------------------------------------------------------------------------
+
+    def _issue_token(self: SocketServer, conn: Connection) -> str:
+        """Give ``conn`` a new single-use token; the previous one stops working."""
+        self._forget_token(conn)
+        conn.token = secrets.token_urlsafe(24)
+        self._tokens[digest(conn.token)] = conn.sid
+        return conn.token
+
+    def _forget_token(self: SocketServer, conn: Connection) -> None:
+        if conn.token is not None:
+            self._tokens.pop(digest(conn.token), None)
+            conn.token = None
+
+    def _connect_frame(self: SocketServer, conn: Connection, namespace: str, recovered: bool = False) -> bytes:
+        data: dict[str, Any] = {"sid": conn.sid}
+        if namespace == DEFAULT_NAMESPACE:
+            data["protocol"] = PROTOCOL_VERSION
+            if self.recovery_window:
+                data["recovered"] = recovered
+                data["recovery"] = {"token": self._issue_token(conn), "window": self.recovery_window}
+        elif recovered:
+            data["recovered"] = True
+        return encode(CONNECT, data, namespace).encode()
+
+    # -- Dropping and expiring ---------------------------------------------------------------
+
+    def _keeps(self: SocketServer, conn: Connection, reason: str) -> bool:
+        return bool(self.recovery_window) and not self._closing and reason in RECOVERABLE and bool(conn.namespaces)
+
+    def _detach(self: SocketServer, conn: Connection, reason: str) -> None:
+        """Keep a dropped session for the window; it goes on recording what is sent to it."""
+        conn.detached = True
+        conn.close_reason = reason
+        self._cancel_expiry(conn)
+        conn.expiry = asyncio.get_running_loop().call_later(self.recovery_window, self._expire, conn)
+        logger.info("detached sid=%s reason=%s (kept %g s)", conn.sid, reason, self.recovery_window)
+
+    def _expire(self: SocketServer, conn: Connection) -> None:
+        if conn.detached and self._connections.get(conn.sid) is conn:
+            self.start_background_task(self._end, conn, conn.close_reason or "transport close")
+
+    # -- Resuming on this node ---------------------------------------------------------------
+
+    async def _resume(self: SocketServer, ws: ServerConnection) -> Connection | None:
+        """Resume the session named by the URL's ``recover`` token, or return None (fresh)."""
+        request = ws.request
+        query = parse_qs(urlsplit(request.path if request else "").query)
+        token = query.get("recover", [""])[0]
+        if not token:
+            return None
+        offset = query.get("offset", [None])[0]
+        if offset is not None and not valid_offset(offset):
+            logger.info("recovery refused: malformed offset")
+            return None
+        key = digest(token)
+        sid = self._tokens.pop(key, None)
+        if sid is None:
+            if self.backplane is not None:
+                return await self._resume_remote(ws, key, offset)
+            logger.info("recovery refused: unknown, used or expired token")
+            return None
+        conn = self._connections.get(sid)
+        if conn is None:
+            return None
+        if not conn.detached:
+            # The client saw the drop before we did: the old socket is dead, take over.
+            conn.ws.transport.abort()
+        frames = conn.frames_after(offset)
+        if frames is None:
+            logger.info("recovery refused for sid=%s: frames after its offset are gone", sid)
+            self._cancel_expiry(conn)
+            await self._end(conn, conn.close_reason or "transport close")
+            return None
+        self._cancel_expiry(conn)
+        self._attach(conn, ws)
+        self._greet_recovered(conn, frames)
+        return conn
+
+    def _cancel_expiry(self: SocketServer, conn: Connection) -> None:
+        if conn.expiry is not None:
+            conn.expiry.cancel()
+            conn.expiry = None
+
+    def _attach(self: SocketServer, conn: Connection, ws: ServerConnection) -> None:
+        """Give a kept session its new socket."""
+        conn.ws = ws
+        conn.detached = False
+        conn.close_reason = None
+        remote = ws.remote_address
+        conn.address = remote[0] if remote else "?"
+        conn.tokens = float(self.rate_burst)
+        conn.written = conn.progress = 0
+        conn.stalled_since = None
+
+    def _greet_recovered(self: SocketServer, conn: Connection, frames: list[bytes]) -> None:
+        """Send the recovered connect frames, then every missed frame, before anything new."""
+        conn.send_control(self._connect_frame(conn, DEFAULT_NAMESPACE, recovered=True))
+        for namespace in sorted(conn.namespaces - {DEFAULT_NAMESPACE}):
+            conn.send_control(self._connect_frame(conn, namespace, recovered=True))
+        for frame in frames:
+            conn.write(frame)
+        logger.info("recovered sid=%s address=%s replayed=%d", conn.sid, conn.address, len(frames))
+
+    # -- Handing a session over to another node -----------------------------------------------
+
+    def release_session(self: SocketServer, key: str, offset: str | None) -> dict[str, Any] | None:
+        """Start handing over the session of token ``key`` (a claim from another node).
+
+        Returns None when this node does not hold it; else the session's state and the frames
+        after ``offset`` (``ok`` false when those are gone). The session keeps recording until
+        :meth:`finish_release`.
+        """
+        sid = self._tokens.pop(key, None)
+        if sid is None:
+            return None
+        conn = self._connections[sid]
+        if not conn.detached:
+            conn.ws.transport.abort()
+            self._detach(conn, "transport close")
+        frames = conn.frames_after(offset)
+        try:
+            state = json.loads(json.dumps({"sessions": conn.sessions}))
+        except (TypeError, ValueError):
+            state = None  # session data that JSON can not carry can not move
+        if frames is None or state is None:
+            self._cancel_expiry(conn)
+            self.start_background_task(self._end, conn, conn.close_reason or "transport close")
+            return {"ok": False, "sid": sid, "state": None, "frames": [], "mark": 0}
+        state.update(
+            namespaces={ns: sorted(self.registry.rooms(ns, sid) - {sid}) for ns in conn.namespaces},
+            seen=sorted(conn.seen[0]) if conn.seen else [],
+            next_ack_id=conn.next_ack_id,
+        )
+        return {"ok": True, "sid": sid, "state": state, "frames": [f.decode() for f in frames], "mark": conn.log_count}
+
+    def finish_release(self: SocketServer, sid: str, mark: int) -> list[str] | None:
+        """Hand over the frames recorded since ``mark`` and forget the session, without handlers.
+
+        Returns None when the session is gone or some of those frames were evicted.
+        """
+        conn = self._connections.get(sid)
+        if conn is None or not conn.detached:
+            return None
+        log = list(conn.log or ())
+        recent = conn.log_count - mark
+        if recent > len(log):
+            return None
+        frames = log[len(log) - recent :] if recent else []
+        self._cancel_expiry(conn)
+        if conn.worker is not None:
+            conn.worker.cancel()
+        self._fail_pending(conn)
+        for namespace in conn.namespaces:
+            self.registry.disconnect(namespace, sid)
+        del self._connections[sid]
+        logger.info("handed over sid=%s to another node", sid)
+        return [frame.decode() for frame in frames]
+
+    async def _resume_remote(
+        self: SocketServer, ws: ServerConnection, key: str, offset: str | None
+    ) -> Connection | None:
+        """Claim a session held by another node and resume it here."""
+        from server import Connection
+
+        assert self.backplane is not None
+        claim = await self.backplane.claim(key, offset, CLAIM_TIMEOUT)
+        if claim is None or not claim["ok"]:
+            logger.info("recovery refused: no node holds this token, or its frames are gone")
+            return None
+        conn = Connection(self, ws, sid=claim["sid"])
+        try:
+            state = _checked_state(claim["state"])
+            frames = [_checked_frame(text) for text in claim["frames"]]
+        except (ProtocolError, KeyError, TypeError, ValueError):
+            logger.warning("recovery refused: invalid session state from node %s", claim["node"])
+            return None
+        # Join the rooms first and hold what arrives, then take the rest from the old node.
+        self._connections[conn.sid] = conn
+        for namespace, rooms in state["namespaces"].items():
+            self.registry.connect(namespace, conn.sid)
+            conn.namespaces.add(namespace)
+            for room in rooms:
+                self.registry.enter_room(namespace, conn.sid, room)
+        conn.sessions = state["sessions"]
+        conn.next_ack_id = state["next_ack_id"]
+        for id in state["seen"]:
+            conn.handled_before(id)
+        conn.hold = []
+        rest = await self.backplane.finish_claim(claim["node"], conn.sid, claim["mark"], CLAIM_TIMEOUT)
+        held, conn.hold = conn.hold, None
+        if rest is None:
+            for namespace in conn.namespaces:
+                self.registry.disconnect(namespace, conn.sid)
+            del self._connections[conn.sid]
+            logger.info("recovery refused: node %s did not finish the hand-over", claim["node"])
+            return None
+        frames += [_checked_frame(text) for text in rest]
+        sent = {_offset_of(frame) for frame in frames}
+        frames += [frame for frame in held if _offset_of(frame) not in sent]  # the overlap, once
+        for frame in frames:
+            conn.record(frame)
+        self._greet_recovered(conn, frames)
+        return conn
+
+
+def _checked_frame(text: str) -> bytes:
+    """Validate a frame received from another node like any frame from the outside."""
+    decode(text, max_depth=128)
+    return text.encode()
+
+
+def _checked_state(state: Any) -> dict[str, Any]:
+    if not isinstance(state, dict):
+        raise TypeError("state")
+    namespaces = state["namespaces"]
+    if not isinstance(namespaces, dict) or not all(
+        isinstance(ns, str)
+        and ns.startswith("/")
+        and isinstance(rooms, list)
+        and all(isinstance(r, str) for r in rooms)
+        for ns, rooms in namespaces.items()
+    ):
+        raise TypeError("namespaces")
+    if not isinstance(state["sessions"], dict) or not all(isinstance(v, dict) for v in state["sessions"].values()):
+        raise TypeError("sessions")
+    if not isinstance(state["seen"], list) or not all(type(i) is int for i in state["seen"]):
+        raise TypeError("seen")
+    if type(state["next_ack_id"]) is not int:
+        raise TypeError("next_ack_id")
+    return state
+
+
+def _offset_of(frame: bytes) -> str | None:
+    """Read the offset of one of our frames (it is the last field)."""
+    marker = frame.rfind(b',"offset":"')
+    return frame[marker + 11 : -2].decode() if marker != -1 else None
