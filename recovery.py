@@ -68,7 +68,11 @@ class Recovery:
             data["protocol"] = PROTOCOL_VERSION
             if self.recovery_window:
                 data["recovered"] = recovered
-                data["recovery"] = {"token": self._issue_token(conn), "window": self.recovery_window}
+                window = self.recovery_window
+                data["recovery"] = {
+                    "token": self._issue_token(conn),
+                    "window": int(window) if window % 1 == 0 else window,
+                }
         elif recovered:
             data["recovered"] = True
         return encode(CONNECT, data, namespace).encode()
