@@ -167,6 +167,7 @@ class Connection:
         "backlog",
         "close_reason",
         "detached",
+        "dirty",
         "expiry",
         "hold",
         "log",
@@ -219,6 +220,7 @@ class Connection:
         self.log_evicted = False
         self.seen: tuple[set[int], deque[int]] | None = None  # ids of client frames handled
         self.detached = False  # the socket dropped; the session waits for its client
+        self.dirty = False  # frames wait in the protocol for this iteration's flush
         self.expiry: asyncio.TimerHandle | None = None
 
     def send(self, frame: bytes) -> None:
@@ -272,6 +274,11 @@ class Connection:
         return False
 
     def write(self, frame: bytes) -> None:
+        """Frame ``frame`` now; hand it to the socket at the end of this loop iteration.
+
+        Frames queued for one client in one iteration leave in one write (one system call
+        instead of one per frame): that is most of the cost of a broadcast storm.
+        """
         ws = self.ws
         if ws.protocol.state is not OPEN:
             return
@@ -280,11 +287,32 @@ class Connection:
             self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
             return
         ws.protocol.send_text(frame)
-        try:
-            ws.send_data()
-        except Exception:  # the transport failed; connection_lost() reports it
-            return
         self.written += len(frame)
+        if not self.dirty:
+            self.dirty = True
+            self.server.flush_soon(self)
+
+    def flush(self) -> None:
+        """Write every frame queued in the protocol, in one call when possible."""
+        self.dirty = False
+        ws = self.ws
+        chunks = ws.protocol.data_to_send()
+        if not chunks:
+            return
+        transport = ws.transport
+        try:
+            if all(chunks):
+                transport.writelines(chunks)
+                return
+            for chunk in chunks:  # an empty chunk asks to half-close, as in ws.send_data()
+                if chunk:
+                    transport.write(chunk)
+                elif transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+        except Exception:  # the transport failed; connection_lost() reports it
+            pass
 
     def close(self, code: int, reason: str, why: str) -> None:
         """Start the closing handshake now; abort the TCP connection if it does not finish.
@@ -531,6 +559,7 @@ class SocketServer(Recovery):
         self._per_address: dict[str, int] = {}
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._to_flush: list[Connection] = []
         self._closing = False
         self.port: int | None = None
         self.url: str | None = None
@@ -787,6 +816,17 @@ class SocketServer(Recovery):
             conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
         elif namespace in conn.namespaces:
             self._spawn(self._leave(conn, namespace, SERVER_DISCONNECT, notify=True))
+
+    def flush_soon(self, conn: Connection) -> None:
+        """Flush ``conn`` at the end of this loop iteration (once for all its frames)."""
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._to_flush.append(conn)
+
+    def _flush(self) -> None:
+        connections, self._to_flush = self._to_flush, []
+        for conn in connections:
+            conn.flush()
 
     def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any) -> asyncio.Task[Any]:
         """Run ``target(*args)`` as a task the server keeps a reference to."""
