@@ -31,7 +31,8 @@ from protocol import CONNECT, DEFAULT_NAMESPACE, PROTOCOL_VERSION, ProtocolError
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-    from server import Connection, SocketServer
+    from connection import Connection
+    from server import SocketServer
 
 logger = logging.getLogger("plainsocket")
 
@@ -215,7 +216,7 @@ class Recovery:
         self: SocketServer, ws: ServerConnection, key: str, offset: str | None
     ) -> Connection | None:
         """Claim a session held by another node and resume it here."""
-        from server import Connection
+        from connection import Connection
 
         assert self.backplane is not None
         claim = await self.backplane.claim(key, offset, CLAIM_TIMEOUT)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextvars
 import inspect
 import json
 import logging
@@ -38,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -46,12 +45,37 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from backplane import BackplaneError, RedisBackplane
+from connection import (
+    CLIENT_DISCONNECT,
+    OPEN,
+    RATE_LIMITED,
+    SERVER_DISCONNECT,
+    SERVER_SHUTDOWN,
+    SLOW_CONSUMER,
+    TOO_MANY_CONNECTIONS,
+    CallTimeoutError,
+    ClientDisconnectedError,
+    Connection,
+    LimitExceededError,
+    close_reason,
+)
+from context import (
+    Context,
+    close_room,
+    current,
+    disconnect,
+    emit,
+    join_room,
+    leave_room,
+    request,
+    rooms,
+    send,
+    session,
+)
 from protocol import (
     ACK,
     CONNECT,
@@ -67,39 +91,33 @@ from protocol import (
     ProtocolError,
     decode,
     encode,
-    offset_suffix,
 )
 from recovery import Recovery
 from registry import Registry
 
+# The names applications import from here, as they would from flask_socketio.
+__all__ = [
+    "CallTimeoutError",
+    "ClientDisconnectedError",
+    "LimitExceededError",
+    "Namespace",
+    "SocketServer",
+    "close_room",
+    "disconnect",
+    "emit",
+    "join_room",
+    "leave_room",
+    "main",
+    "request",
+    "rooms",
+    "send",
+    "session",
+]
+
 logger = logging.getLogger("plainsocket")
 
 HERE = Path(__file__).resolve().parent
-OPEN = State.OPEN
 HEARTBEAT_FRAME = encode(HEARTBEAT).encode()
-
-# Disconnect reasons passed to disconnect handlers (as in Socket.IO).
-CLIENT_DISCONNECT = "client disconnect"
-TRANSPORT_CLOSE = "transport close"
-PING_TIMEOUT = "ping timeout"
-SERVER_DISCONNECT = "server disconnect"
-SERVER_SHUTDOWN = "server shutdown"
-SLOW_CONSUMER = "slow consumer"
-RATE_LIMITED = "rate limited"
-TOO_MANY_CONNECTIONS = "too many connections"
-
-
-class CallTimeoutError(Exception):
-    """The client did not acknowledge a :meth:`SocketServer.call` in time."""
-
-
-class ClientDisconnectedError(Exception):
-    """The client went away before acknowledging a :meth:`SocketServer.call`."""
-
-
-class LimitExceededError(Exception):
-    """A per-connection limit (rooms, pending acknowledgements) was reached."""
-
 
 # -- Handlers ------------------------------------------------------------------------------
 
@@ -154,328 +172,6 @@ class Namespace:
         """Emit to this namespace (see :meth:`SocketServer.emit`)."""
         assert self.server is not None, "register the namespace first"
         self.server.emit(event, data, namespace=self.namespace, to=to, skip_sid=skip_sid)
-
-
-# -- One connection ------------------------------------------------------------------------
-
-
-class Connection:
-    """One WebSocket client: its sid, namespaces, pending acknowledgements and write path."""
-
-    __slots__ = (
-        "address",
-        "backlog",
-        "close_reason",
-        "detached",
-        "dirty",
-        "expiry",
-        "hold",
-        "log",
-        "log_bytes",
-        "log_count",
-        "log_evicted",
-        "namespaces",
-        "next_ack_id",
-        "pending",
-        "progress",
-        "refused",
-        "seen",
-        "server",
-        "sessions",
-        "sid",
-        "stalled_since",
-        "stamp",
-        "token",
-        "tokens",
-        "worker",
-        "written",
-        "ws",
-    )
-
-    def __init__(self, server: SocketServer, ws: ServerConnection, sid: str | None = None) -> None:
-        self.ws = ws
-        self.server = server
-        self.sid = sid or secrets.token_urlsafe(16)
-        remote = ws.remote_address
-        self.address: str = remote[0] if remote else "?"
-        self.namespaces: set[str] = set()
-        self.sessions: dict[str, dict[str, Any]] = {}
-        self.pending: dict[int, asyncio.Future[Any]] = {}  # server -> client acks
-        self.next_ack_id = 0
-        self.tokens = float(server.rate_burst)
-        self.stamp = time.monotonic()
-        self.refused = 0  # frames refused in a row by the rate limit
-        self.backlog: deque[Envelope] | None = None  # frames waiting for an async handler
-        self.worker: asyncio.Task[None] | None = None
-        self.hold: list[bytes] | None = None  # frames held back while a connect handler runs
-        self.close_reason: str | None = None
-        self.written = 0  # bytes handed to the transport, for the slow-consumer watchdog
-        self.progress = 0
-        self.stalled_since: float | None = None
-        # Connection state recovery (docs/protocol.md): what was sent, kept for a resume.
-        self.token: str | None = None
-        self.log: deque[bytes] | None = None  # created on the first frame: idle clients pay nothing
-        self.log_bytes = 0
-        self.log_count = 0  # frames ever recorded
-        self.log_evicted = False
-        self.seen: tuple[set[int], deque[int]] | None = None  # ids of client frames handled
-        self.detached = False  # the socket dropped; the session waits for its client
-        self.dirty = False  # frames wait in the protocol for this iteration's flush
-        self.expiry: asyncio.TimerHandle | None = None
-
-    def send(self, frame: bytes) -> None:
-        """Queue one text frame without waiting: no single client can delay the others."""
-        if self.hold is not None:
-            self.hold.append(frame)
-            return
-        if self.server.recovery_window:
-            self.record(frame)
-        self.write(frame)
-
-    def send_control(self, frame: bytes) -> None:
-        """Send a frame that is never replayed (connect, heartbeat)."""
-        self.write(frame)
-
-    def record(self, frame: bytes) -> None:
-        """Keep ``frame`` for a resume, within the session's event and byte bounds."""
-        log = self.log
-        if log is None:
-            log = self.log = deque()
-        log.append(frame)
-        self.log_bytes += len(frame)
-        self.log_count += 1
-        server = self.server
-        while len(log) > server.recovery_max_events or self.log_bytes > server.recovery_max_bytes:
-            self.log_bytes -= len(log.popleft())
-            self.log_evicted = True
-
-    def frames_after(self, offset: str | None) -> list[bytes] | None:
-        """Return the recorded frames after ``offset`` (all when None), or None if some are gone."""
-        frames = list(self.log or ())
-        if offset is None:
-            return None if self.log_evicted else frames
-        suffix = offset_suffix(offset)
-        for index in range(len(frames) - 1, -1, -1):
-            if frames[index].endswith(suffix):
-                return frames[index + 1 :]
-        return None
-
-    def handled_before(self, id: int) -> bool:
-        """Remember a client frame id; tell whether it was handled already (a re-sent frame)."""
-        if self.seen is None:
-            self.seen = (set(), deque())
-        ids, order = self.seen
-        if id in ids:
-            return True
-        ids.add(id)
-        order.append(id)
-        if len(order) > self.server.recovery_max_events:
-            ids.discard(order.popleft())
-        return False
-
-    def write(self, frame: bytes) -> None:
-        """Frame ``frame`` now; hand it to the socket at the end of this loop iteration.
-
-        Frames queued for one client in one iteration leave in one write (one system call
-        instead of one per frame): that is most of the cost of a broadcast storm.
-        """
-        ws = self.ws
-        if ws.protocol.state is not OPEN:
-            return
-        if ws.transport.get_write_buffer_size() > self.server.max_send_buffer:
-            # The bound is ours to enforce: websockets buffers without limit here.
-            self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
-            return
-        ws.protocol.send_text(frame)
-        self.written += len(frame)
-        if not self.dirty:
-            self.dirty = True
-            self.server.flush_soon(self)
-
-    def flush(self) -> None:
-        """Write every frame queued in the protocol, in one call when possible."""
-        self.dirty = False
-        ws = self.ws
-        chunks = ws.protocol.data_to_send()
-        if not chunks:
-            return
-        transport = ws.transport
-        try:
-            if all(chunks):
-                transport.writelines(chunks)
-                return
-            for chunk in chunks:  # an empty chunk asks to half-close, as in ws.send_data()
-                if chunk:
-                    transport.write(chunk)
-                elif transport.can_write_eof():
-                    transport.write_eof()
-                else:
-                    transport.close()
-        except Exception:  # the transport failed; connection_lost() reports it
-            pass
-
-    def close(self, code: int, reason: str, why: str) -> None:
-        """Start the closing handshake now; abort the TCP connection if it does not finish.
-
-        ``ServerConnection.close()`` would wait behind a full write buffer, which is exactly
-        the case of a slow consumer, so drive the sans-I/O protocol directly.
-        """
-        if self.close_reason is None:
-            self.close_reason = why
-        self.hold = None
-        ws = self.ws
-        if ws.protocol.state is OPEN:
-            ws.protocol.send_close(code, reason)
-            try:
-                ws.send_data()
-            except Exception:
-                pass
-        asyncio.get_running_loop().call_later(self.server.close_timeout, ws.transport.abort)
-
-    def expect_ack(self) -> tuple[int, asyncio.Future[Any]]:
-        if len(self.pending) >= self.server.max_pending_acks:
-            raise LimitExceededError(f"more than {self.server.max_pending_acks} pending acknowledgements")
-        self.next_ack_id += 1
-        future = asyncio.get_running_loop().create_future()
-        self.pending[self.next_ack_id] = future
-        return self.next_ack_id, future
-
-
-# -- Handler context -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Context:
-    server: SocketServer
-    conn: Connection
-    namespace: str
-
-
-_current: contextvars.ContextVar[_Context] = contextvars.ContextVar("plainsocket_context")
-
-
-def _context() -> _Context:
-    try:
-        return _current.get()
-    except LookupError:
-        raise RuntimeError("this works only inside an event handler; use the SocketServer methods") from None
-
-
-class _Request:
-    """The current client, inside a handler: ``request.sid``, ``request.namespace``, ..."""
-
-    @property
-    def sid(self) -> str:
-        return _context().conn.sid
-
-    @property
-    def namespace(self) -> str:
-        return _context().namespace
-
-    @property
-    def headers(self) -> Headers:
-        request = _context().conn.ws.request
-        return request.headers if request is not None else Headers()
-
-    @property
-    def path(self) -> str:
-        request = _context().conn.ws.request
-        return request.path if request is not None else "/"
-
-    @property
-    def remote_address(self) -> str:
-        return _context().conn.address
-
-
-class _Session(MutableMapping[str, Any]):
-    """The current client's session dict for the current namespace, inside a handler."""
-
-    def _data(self) -> dict[str, Any]:
-        context = _context()
-        return context.conn.sessions.setdefault(context.namespace, {})
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data()[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._data()[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._data()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data())
-
-    def __len__(self) -> int:
-        return len(self._data())
-
-
-request = _Request()
-session = _Session()
-
-
-def emit(
-    event: str,
-    data: Any = None,
-    *,
-    namespace: str | None = None,
-    to: str | list[str] | None = None,
-    broadcast: bool = False,
-    include_self: bool = True,
-    skip_sid: str | list[str] | None = None,
-) -> None:
-    """Emit from inside a handler: to the current client, or with ``to``/``broadcast`` wider."""
-    context = _context()
-    namespace = namespace or context.namespace
-    if to is None and not broadcast:
-        context.conn.send(context.server.frame(event, data, namespace))
-        return
-    if not include_self:
-        skip_sid = _with(skip_sid, context.conn.sid)
-    context.server.emit(event, data, namespace=namespace, to=to, skip_sid=skip_sid)
-
-
-def send(data: Any, *, json: bool = False, **options: Any) -> None:
-    """Emit a ``message`` event (``json`` with ``json=True``), as Flask-SocketIO does."""
-    emit("json" if json else "message", data, **options)
-
-
-def join_room(room: str, sid: str | None = None, namespace: str | None = None) -> None:
-    """Put the current client (or ``sid``) in ``room``."""
-    context = _context()
-    context.server.enter_room(sid or context.conn.sid, room, namespace=namespace or context.namespace)
-
-
-def leave_room(room: str, sid: str | None = None, namespace: str | None = None) -> None:
-    """Take the current client (or ``sid``) out of ``room``."""
-    context = _context()
-    context.server.leave_room(sid or context.conn.sid, room, namespace=namespace or context.namespace)
-
-
-def close_room(room: str, namespace: str | None = None) -> None:
-    """Take everyone out of ``room``."""
-    context = _context()
-    context.server.close_room(room, namespace=namespace or context.namespace)
-
-
-def rooms(sid: str | None = None, namespace: str | None = None) -> list[str]:
-    """Return the rooms of the current client (or ``sid``), its own sid room included."""
-    context = _context()
-    return context.server.rooms(sid or context.conn.sid, namespace=namespace or context.namespace)
-
-
-def disconnect(sid: str | None = None, namespace: str | None = None) -> None:
-    """Disconnect the current client (or ``sid``) from the current namespace."""
-    context = _context()
-    context.server.disconnect(sid or context.conn.sid, namespace=namespace or context.namespace)
-
-
-def _with(skip_sid: str | list[str] | None, sid: str) -> list[str]:
-    if skip_sid is None:
-        return [sid]
-    if isinstance(skip_sid, str):
-        return [skip_sid, sid]
-    return [*skip_sid, sid]
 
 
 # -- The server ------------------------------------------------------------------------------
@@ -1001,7 +697,7 @@ class SocketServer(Recovery):
             else:
                 del self._per_address[address]
             if conn.ws is ws and not conn.detached:  # else a newer socket took the session over
-                reason = conn.close_reason or _close_reason(ws)
+                reason = conn.close_reason or close_reason(ws)
                 if self._keeps(conn, reason):
                     self._detach(conn, reason)
                 else:
@@ -1143,19 +839,19 @@ class SocketServer(Recovery):
 
     def _run(self, conn: Connection, namespace: str, handler: _Handler, args: tuple[Any, ...]) -> Any:
         """Call a sync handler with the context helpers bound to ``conn`` and ``namespace``."""
-        token = _current.set(_Context(self, conn, namespace))
+        token = current.set(Context(self, conn, namespace))
         try:
             return handler.fn(*args[: handler.arity])
         finally:
-            _current.reset(token)
+            current.reset(token)
 
     async def _run_async(self, conn: Connection, namespace: str, handler: _Handler, args: tuple[Any, ...]) -> Any:
         """Await an async handler; the context is set in the task that runs it."""
-        token = _current.set(_Context(self, conn, namespace))
+        token = current.set(Context(self, conn, namespace))
         try:
             return await handler.fn(*args[: handler.arity])
         finally:
-            _current.reset(token)
+            current.reset(token)
 
     def _ack(self, conn: Connection, envelope: Envelope, result: Any) -> None:
         try:
@@ -1293,20 +989,6 @@ class SocketServer(Recovery):
 
 def _refusal(result: Any) -> str | None:
     return "connection refused" if result is False else None
-
-
-def _close_reason(ws: ServerConnection) -> str:
-    """Tell why a connection closed, from what the closing handshake left behind."""
-    protocol = ws.protocol
-    if protocol.close_rcvd is not None and protocol.close_sent is not None:
-        if protocol.close_rcvd_then_sent or protocol.close_sent.reason != "keepalive ping timeout":
-            return CLIENT_DISCONNECT
-    sent = protocol.close_sent
-    if sent is not None and sent.reason == "keepalive ping timeout":
-        return PING_TIMEOUT
-    if protocol.close_rcvd is not None:
-        return CLIENT_DISCONNECT
-    return TRANSPORT_CLOSE
 
 
 def _safe(text: str, limit: int = 100) -> str:

@@ -1,0 +1,241 @@
+"""One WebSocket client of the server: its sid, namespaces, acknowledgements and write path.
+
+Also the disconnect reasons a disconnect handler receives, and the errors of the calls a
+server makes to its clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from protocol import CloseCode, Envelope, offset_suffix
+
+if TYPE_CHECKING:
+    from server import SocketServer
+
+OPEN = State.OPEN
+
+# Disconnect reasons passed to disconnect handlers (as in Socket.IO).
+CLIENT_DISCONNECT = "client disconnect"
+TRANSPORT_CLOSE = "transport close"
+PING_TIMEOUT = "ping timeout"
+SERVER_DISCONNECT = "server disconnect"
+SERVER_SHUTDOWN = "server shutdown"
+SLOW_CONSUMER = "slow consumer"
+RATE_LIMITED = "rate limited"
+TOO_MANY_CONNECTIONS = "too many connections"
+
+
+class CallTimeoutError(Exception):
+    """The client did not acknowledge a :meth:`SocketServer.call` in time."""
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before acknowledging a :meth:`SocketServer.call`."""
+
+
+class LimitExceededError(Exception):
+    """A per-connection limit (rooms, pending acknowledgements) was reached."""
+
+
+class Connection:
+    """One WebSocket client: its sid, namespaces, pending acknowledgements and write path."""
+
+    __slots__ = (
+        "address",
+        "backlog",
+        "close_reason",
+        "detached",
+        "dirty",
+        "expiry",
+        "hold",
+        "log",
+        "log_bytes",
+        "log_count",
+        "log_evicted",
+        "namespaces",
+        "next_ack_id",
+        "pending",
+        "progress",
+        "refused",
+        "seen",
+        "server",
+        "sessions",
+        "sid",
+        "stalled_since",
+        "stamp",
+        "token",
+        "tokens",
+        "worker",
+        "written",
+        "ws",
+    )
+
+    def __init__(self, server: SocketServer, ws: ServerConnection, sid: str | None = None) -> None:
+        self.ws = ws
+        self.server = server
+        self.sid = sid or secrets.token_urlsafe(16)
+        remote = ws.remote_address
+        self.address: str = remote[0] if remote else "?"
+        self.namespaces: set[str] = set()
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self.pending: dict[int, asyncio.Future[Any]] = {}  # server -> client acks
+        self.next_ack_id = 0
+        self.tokens = float(server.rate_burst)
+        self.stamp = time.monotonic()
+        self.refused = 0  # frames refused in a row by the rate limit
+        self.backlog: deque[Envelope] | None = None  # frames waiting for an async handler
+        self.worker: asyncio.Task[None] | None = None
+        self.hold: list[bytes] | None = None  # frames held back while a connect handler runs
+        self.close_reason: str | None = None
+        self.written = 0  # bytes handed to the transport, for the slow-consumer watchdog
+        self.progress = 0
+        self.stalled_since: float | None = None
+        # Connection state recovery (docs/protocol.md): what was sent, kept for a resume.
+        self.token: str | None = None
+        self.log: deque[bytes] | None = None  # created on the first frame: idle clients pay nothing
+        self.log_bytes = 0
+        self.log_count = 0  # frames ever recorded
+        self.log_evicted = False
+        self.seen: tuple[set[int], deque[int]] | None = None  # ids of client frames handled
+        self.detached = False  # the socket dropped; the session waits for its client
+        self.dirty = False  # frames wait in the protocol for this iteration's flush
+        self.expiry: asyncio.TimerHandle | None = None
+
+    def send(self, frame: bytes) -> None:
+        """Queue one text frame without waiting: no single client can delay the others."""
+        if self.hold is not None:
+            self.hold.append(frame)
+            return
+        if self.server.recovery_window:
+            self.record(frame)
+        self.write(frame)
+
+    def send_control(self, frame: bytes) -> None:
+        """Send a frame that is never replayed (connect, heartbeat)."""
+        self.write(frame)
+
+    def record(self, frame: bytes) -> None:
+        """Keep ``frame`` for a resume, within the session's event and byte bounds."""
+        log = self.log
+        if log is None:
+            log = self.log = deque()
+        log.append(frame)
+        self.log_bytes += len(frame)
+        self.log_count += 1
+        server = self.server
+        while len(log) > server.recovery_max_events or self.log_bytes > server.recovery_max_bytes:
+            self.log_bytes -= len(log.popleft())
+            self.log_evicted = True
+
+    def frames_after(self, offset: str | None) -> list[bytes] | None:
+        """Return the recorded frames after ``offset`` (all when None), or None if some are gone."""
+        frames = list(self.log or ())
+        if offset is None:
+            return None if self.log_evicted else frames
+        suffix = offset_suffix(offset)
+        for index in range(len(frames) - 1, -1, -1):
+            if frames[index].endswith(suffix):
+                return frames[index + 1 :]
+        return None
+
+    def handled_before(self, id: int) -> bool:
+        """Remember a client frame id; tell whether it was handled already (a re-sent frame)."""
+        if self.seen is None:
+            self.seen = (set(), deque())
+        ids, order = self.seen
+        if id in ids:
+            return True
+        ids.add(id)
+        order.append(id)
+        if len(order) > self.server.recovery_max_events:
+            ids.discard(order.popleft())
+        return False
+
+    def write(self, frame: bytes) -> None:
+        """Frame ``frame`` now; hand it to the socket at the end of this loop iteration.
+
+        Frames queued for one client in one iteration leave in one write (one system call
+        instead of one per frame): that is most of the cost of a broadcast storm.
+        """
+        ws = self.ws
+        if ws.protocol.state is not OPEN:
+            return
+        if ws.transport.get_write_buffer_size() > self.server.max_send_buffer:
+            # The bound is ours to enforce: websockets buffers without limit here.
+            self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
+            return
+        ws.protocol.send_text(frame)
+        self.written += len(frame)
+        if not self.dirty:
+            self.dirty = True
+            self.server.flush_soon(self)
+
+    def flush(self) -> None:
+        """Write every frame queued in the protocol, in one call when possible."""
+        self.dirty = False
+        ws = self.ws
+        chunks = ws.protocol.data_to_send()
+        if not chunks:
+            return
+        transport = ws.transport
+        try:
+            if all(chunks):
+                transport.writelines(chunks)
+                return
+            for chunk in chunks:  # an empty chunk asks to half-close, as in ws.send_data()
+                if chunk:
+                    transport.write(chunk)
+                elif transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+        except Exception:  # the transport failed; connection_lost() reports it
+            pass
+
+    def close(self, code: int, reason: str, why: str) -> None:
+        """Start the closing handshake now; abort the TCP connection if it does not finish.
+
+        ``ServerConnection.close()`` would wait behind a full write buffer, which is exactly
+        the case of a slow consumer, so drive the sans-I/O protocol directly.
+        """
+        if self.close_reason is None:
+            self.close_reason = why
+        self.hold = None
+        ws = self.ws
+        if ws.protocol.state is OPEN:
+            ws.protocol.send_close(code, reason)
+            try:
+                ws.send_data()
+            except Exception:
+                pass
+        asyncio.get_running_loop().call_later(self.server.close_timeout, ws.transport.abort)
+
+    def expect_ack(self) -> tuple[int, asyncio.Future[Any]]:
+        if len(self.pending) >= self.server.max_pending_acks:
+            raise LimitExceededError(f"more than {self.server.max_pending_acks} pending acknowledgements")
+        self.next_ack_id += 1
+        future = asyncio.get_running_loop().create_future()
+        self.pending[self.next_ack_id] = future
+        return self.next_ack_id, future
+
+
+def close_reason(ws: ServerConnection) -> str:
+    """Tell why a connection closed, from what the closing handshake left behind."""
+    protocol = ws.protocol
+    if protocol.close_rcvd is not None and protocol.close_sent is not None:
+        if protocol.close_rcvd_then_sent or protocol.close_sent.reason != "keepalive ping timeout":
+            return CLIENT_DISCONNECT
+    sent = protocol.close_sent
+    if sent is not None and sent.reason == "keepalive ping timeout":
+        return PING_TIMEOUT
+    if protocol.close_rcvd is not None:
+        return CLIENT_DISCONNECT
+    return TRANSPORT_CLOSE

@@ -1,0 +1,153 @@
+"""Inside a handler: the current client (``request``, ``session``) and what it can do.
+
+``emit``, ``send``, ``join_room``, ``leave_room``, ``close_room``, ``rooms`` and
+``disconnect`` act on the client whose event is being handled, as in Flask-SocketIO; the same
+operations exist as :class:`server.SocketServer` methods for code outside handlers.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from websockets.datastructures import Headers
+
+if TYPE_CHECKING:
+    from connection import Connection
+    from server import SocketServer
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    server: SocketServer
+    conn: Connection
+    namespace: str
+
+
+current: contextvars.ContextVar[Context] = contextvars.ContextVar("plainsocket_context")
+
+
+def _context() -> Context:
+    try:
+        return current.get()
+    except LookupError:
+        raise RuntimeError("this works only inside an event handler; use the SocketServer methods") from None
+
+
+class _Request:
+    """The current client, inside a handler: ``request.sid``, ``request.namespace``, ..."""
+
+    @property
+    def sid(self) -> str:
+        return _context().conn.sid
+
+    @property
+    def namespace(self) -> str:
+        return _context().namespace
+
+    @property
+    def headers(self) -> Headers:
+        request = _context().conn.ws.request
+        return request.headers if request is not None else Headers()
+
+    @property
+    def path(self) -> str:
+        request = _context().conn.ws.request
+        return request.path if request is not None else "/"
+
+    @property
+    def remote_address(self) -> str:
+        return _context().conn.address
+
+
+class _Session(MutableMapping[str, Any]):
+    """The current client's session dict for the current namespace, inside a handler."""
+
+    def _data(self) -> dict[str, Any]:
+        context = _context()
+        return context.conn.sessions.setdefault(context.namespace, {})
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
+request = _Request()
+session = _Session()
+
+
+def emit(
+    event: str,
+    data: Any = None,
+    *,
+    namespace: str | None = None,
+    to: str | list[str] | None = None,
+    broadcast: bool = False,
+    include_self: bool = True,
+    skip_sid: str | list[str] | None = None,
+) -> None:
+    """Emit from inside a handler: to the current client, or with ``to``/``broadcast`` wider."""
+    context = _context()
+    namespace = namespace or context.namespace
+    if to is None and not broadcast:
+        context.conn.send(context.server.frame(event, data, namespace))
+        return
+    if not include_self:
+        skip_sid = _with(skip_sid, context.conn.sid)
+    context.server.emit(event, data, namespace=namespace, to=to, skip_sid=skip_sid)
+
+
+def send(data: Any, *, json: bool = False, **options: Any) -> None:
+    """Emit a ``message`` event (``json`` with ``json=True``), as Flask-SocketIO does."""
+    emit("json" if json else "message", data, **options)
+
+
+def join_room(room: str, sid: str | None = None, namespace: str | None = None) -> None:
+    """Put the current client (or ``sid``) in ``room``."""
+    context = _context()
+    context.server.enter_room(sid or context.conn.sid, room, namespace=namespace or context.namespace)
+
+
+def leave_room(room: str, sid: str | None = None, namespace: str | None = None) -> None:
+    """Take the current client (or ``sid``) out of ``room``."""
+    context = _context()
+    context.server.leave_room(sid or context.conn.sid, room, namespace=namespace or context.namespace)
+
+
+def close_room(room: str, namespace: str | None = None) -> None:
+    """Take everyone out of ``room``."""
+    context = _context()
+    context.server.close_room(room, namespace=namespace or context.namespace)
+
+
+def rooms(sid: str | None = None, namespace: str | None = None) -> list[str]:
+    """Return the rooms of the current client (or ``sid``), its own sid room included."""
+    context = _context()
+    return context.server.rooms(sid or context.conn.sid, namespace=namespace or context.namespace)
+
+
+def disconnect(sid: str | None = None, namespace: str | None = None) -> None:
+    """Disconnect the current client (or ``sid``) from the current namespace."""
+    context = _context()
+    context.server.disconnect(sid or context.conn.sid, namespace=namespace or context.namespace)
+
+
+def _with(skip_sid: str | list[str] | None, sid: str) -> list[str]:
+    if skip_sid is None:
+        return [sid]
+    if isinstance(skip_sid, str):
+        return [skip_sid, sid]
+    return [*skip_sid, sid]
