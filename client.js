@@ -16,14 +16,25 @@
  * namespace; `of()` adds more. Errors are `SocketError`s with a machine-readable `code`.
  *
  * Events a namespace emits locally, besides the server's own:
- *   connect (data, with the sid)        connect_error (SocketError: refused, or wrong protocol)
+ *   connect (data: sid, recovered)      connect_error (SocketError: refused, or wrong protocol)
  *   disconnect (reason, {code})         error (SocketError: the server refused one of our frames)
- *   reconnect_attempt (n)               reconnect (attempts it took)
+ *   reconnect_attempt (n)               reconnect (attempts it took, {recovered})
  *   reconnect_failed (attempts)         warning (SocketError: an emit was dropped)
  *
- * Delivery is at most once: frames written to a socket that then dies are lost (and never
- * resent, which is also what close code 1009 asks for). Emits made while a namespace is not
- * connected are buffered (bounded) and sent in order when it is.
+ * Emits made while a namespace is not connected are buffered (bounded) and sent in order
+ * when it is.
+ *
+ * Connection state recovery (docs/protocol.md, "Extension: connection state recovery") is
+ * automatic when the server offers it: after a link is lost, the next WebSocket asks to resume
+ * the session with the server's token and the offset of the last frame received. If it is
+ * resumed, the sid, namespaces and rooms are kept, the frames missed meanwhile are dispatched
+ * like any other, calls still waiting for their `ack` are sent once more (with their ids: the
+ * server drops those it already handled) and stay pending across the outage, and `connect`
+ * says `recovered: true`. If not, this is a new session: calls sent before the drop fail with
+ * `disconnected` and `connect` says `recovered: false`, which tells the application to
+ * resynchronise (`socket.recovered` says the same). Without recovery, delivery is at most once:
+ * frames written to a socket that then dies are lost (never resent, which is also what close
+ * code 1009 asks for).
  */
 
 /** The protocol version this client speaks (docs/protocol.md, "Connecting"). */
@@ -247,7 +258,8 @@ class Namespace {
     return new Promise((resolve, reject) => {
       const id = this.manager.nextAckId++;
       const text = encode(event, this.name, data, id); // throws (so rejects) before registering
-      const entry = { namespace: this, resolve, reject, timer: null, sent: false };
+      // `text` is kept to send the frame once more after a recovery; `seq` orders such re-sends.
+      const entry = { namespace: this, text, resolve, reject, timer: null, sent: false, seq: 0 };
       if (timeout !== null && timeout !== undefined) {
         entry.timer = setTimeout(() => {
           this.buffer = this.buffer.filter((b) => b.id !== id); // gave up: do not send it later
@@ -334,6 +346,11 @@ class Namespace {
     return this;
   }
 
+  /** Whether the last connection was a recovered session (docs/protocol.md, "Extension: ..."). */
+  get recovered() {
+    return this.manager.recovered;
+  }
+
   /** Leave this namespace; the WebSocket and other namespaces stay. */
   disconnect() {
     this.wanted = false;
@@ -357,23 +374,37 @@ class Namespace {
     this.manager.write(JSON.stringify(frame));
   }
 
-  /** The server's `connect`: we are in. */
+  /** The server's `connect`: we are in (or, in a resumed session, still in). */
   onConnect(data) {
+    const recovering = this.manager.recovering;
+    if (recovering && data?.recovered === true) {
+      // Joined already; the replayed frames come next. `Manager.endRecovery` finishes.
+      recovering.resumed.set(this, data);
+      return;
+    }
+    this.joined(data, false);
+  }
+
+  /** In: send what waited, then tell the listeners (with whether the session was recovered). */
+  joined(data, recovered) {
     if (!this.wanted) {
-      // The server joins every socket to `/` on open; leave it again if the application left.
+      // The server joins every socket to `/` on open, and a resumed session is still in the
+      // namespaces it had: leave again if the application left.
       this.manager.write(encode('disconnect', this.name, null, null, true));
+      this.manager.failSentAcks(this, new SocketError('disconnected', `${this.name} disconnected: left`));
       return;
     }
     if (this.connected) return; // an answer to a repeated `connect` (idempotent)
     this.connected = true;
     this.sid = data?.sid ?? this.manager.sid;
     this.flush(); // buffered emits go first, before anything a `connect` listener sends
-    this.emitLocal('connect', data);
+    this.emitLocal('connect', { ...(data ?? {}), recovered });
     this.settleWaiters(null);
   }
 
   /** The server's `connect_error`: refused (or unknown namespace). */
   onConnectError(data) {
+    this.manager.recovering?.refused.add(this); // an answer to a `connect` sent before a drop
     if (this.name === '/' && this.auth !== null && !this.authSent) {
       // The server joins `/` without credentials on open; retry once with ours.
       this.authSent = true;
@@ -391,11 +422,14 @@ class Namespace {
    * @param {string} reason `io client disconnect`, `io server disconnect`, `transport close`,
    *   `ping timeout`
    * @param {object} [details] e.g. `{code}` of the WebSocket close
+   * @param {boolean} [resumable] the session may be recovered: its acks may still come
    */
-  markDisconnected(reason, details = {}) {
+  markDisconnected(reason, details = {}, resumable = false) {
     if (!this.connected) return;
     this.connected = false;
-    this.manager.failSentAcks(this, new SocketError('disconnected', `${this.name} disconnected: ${reason}`));
+    if (!resumable) {
+      this.manager.failSentAcks(this, new SocketError('disconnected', `${this.name} disconnected: ${reason}`));
+    }
     this.emitLocal('disconnect', reason, details);
   }
 
@@ -427,7 +461,7 @@ class Namespace {
     // throwing one) sends nothing: an invented `null` would look like a real answer.
     if (Number.isInteger(frame.id) && called > 0 && first.ok) {
       Promise.resolve(first.value)
-        .then((value) => this.manager.writeOn(ws, encode('ack', this.name, value ?? null, frame.id, true)))
+        .then((value) => this.manager.writeAck(ws, encode('ack', this.name, value ?? null, frame.id, true)))
         .catch(report);
     }
   }
@@ -466,8 +500,29 @@ class Manager {
     this.sid = null;
     /** Ack ids are never reused, so a late ack can not settle a newer request. */
     this.nextAckId = 0;
-    /** id -> {namespace, resolve, reject, timer, sent} */
+    /** id -> {namespace, text, resolve, reject, timer, sent, seq} */
     this.pending = new Map();
+    /** Counts frames with an id as they are written, so re-sends keep their original order. */
+    this.sendSeq = 0;
+    // Connection state recovery (docs/protocol.md, "Extension: connection state recovery")
+    /** The server's single-use recovery token; null when it offers no recovery. */
+    this.token = null;
+    /** Offset of the last frame received in the current session; null when none. */
+    this.offset = null;
+    /** Whether the current (or last) connection resumed the previous session. */
+    this.recovered = false;
+    /** Counts sessions; each WebSocket is tagged with the one it carries (see `writeAck`). */
+    this.session = 0;
+    /** Why the last link was lost, for the errors of calls a new session can not answer. */
+    this.dropReason = null;
+    /**
+     * While a resumed session replays what we missed: `{resumed: Map<Namespace, data>,
+     * refused: Set<Namespace>}`. Ends with the answer to a heartbeat sent right after the
+     * server's first frame: the server answers it after the whole replay.
+     */
+    this.recovering = null;
+    /** A link given up as dead but not closed: closing it would end a session we may resume. */
+    this.stale = null;
     this.reconnectTimer = null;
     this.heartbeatTimer = null;
     this.deadTimer = null;
@@ -506,7 +561,9 @@ class Manager {
     this.closed = false;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
-    const ws = new WebSocket(this.url);
+    const resuming = this.token !== null;
+    const ws = new WebSocket(resuming ? recoveryUrl(this.url, this.token, this.offset) : this.url);
+    ws.resuming = resuming;
     this.ws = ws;
     this.ready = false;
     ws.onmessage = (event) => this.onMessage(ws, event.data);
@@ -521,11 +578,20 @@ class Manager {
     return this.writeOn(this.ws, text);
   }
 
-  /** Write on a given WebSocket only: acks answer ids that belong to one connection. */
+  /** Write on a given WebSocket only (false if it is not the current one, or not usable). */
   writeOn(ws, text) {
     if (!ws || ws !== this.ws || !this.ready || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(text);
     return true;
+  }
+
+  /**
+   * Answer a server's ack request that came on `ws`: the ids belong to one session, which a
+   * resume carries over to the next WebSocket. An answer made while offline is lost.
+   */
+  writeAck(ws, text) {
+    const current = this.ws;
+    return current !== null && current.session === ws.session && this.writeOn(current, text);
   }
 
   onMessage(ws, text) {
@@ -548,7 +614,10 @@ class Manager {
       this.onFirstFrame(ws, valid ? frame : null);
       return;
     }
-    if (valid) this.dispatch(frame, ws);
+    if (valid) {
+      if (typeof frame.offset === 'string') this.offset = frame.offset;
+      this.dispatch(frame, ws);
+    }
   }
 
   /**
@@ -567,17 +636,35 @@ class Manager {
       this.abandon(ws, new SocketError('unsupported_protocol', message));
       return;
     }
-    this.becomeReady();
+    const recovered = ws.resuming && frame.event === 'connect' && frame.data?.recovered === true;
+    if (!recovered) this.offset = null; // a new session: the old one's offsets mean nothing here
+    if (typeof frame.offset === 'string') this.offset = frame.offset;
+    this.becomeReady(recovered);
     if (ws === this.ws) this.dispatch(frame, ws); // a `reconnect` listener may have closed it
   }
 
-  /** The WebSocket speaks our protocol: start the heartbeat and join the namespaces. */
-  becomeReady() {
+  /**
+   * The WebSocket speaks our protocol: start the heartbeat, and either finish the resume of
+   * the previous session or start a new one (fail what it can not answer, join the namespaces).
+   */
+  becomeReady(recovered) {
     this.ready = true;
+    this.recovered = recovered;
+    if (!recovered) this.session += 1;
+    this.ws.session = this.session;
     const attempts = this.attempts;
     this.attempts = 0;
+    this.closeStale();
     this.startHeartbeat();
-    if (attempts > 0) this.broadcastLocal('reconnect', attempts);
+    if (recovered) {
+      // The server answers heartbeats in order: this one's answer comes after the replay.
+      this.recovering = { resumed: new Map(), refused: new Set() };
+      if (this.write('{"event":"heartbeat"}')) this.armDeadTimer(this.ws);
+    } else {
+      this.failAllSentAcks(`${this.dropReason}, and the new session did not recover it`);
+    }
+    if (attempts > 0) this.broadcastLocal('reconnect', attempts, { recovered });
+    if (recovered || !this.ws) return; // a `reconnect` listener may have closed the socket
     for (const ns of this.namespaces.values()) {
       ns.authSent = false;
       // `/` is joined by the server on open; every other namespace is joined again with its auth.
@@ -585,8 +672,41 @@ class Manager {
     }
   }
 
+  /**
+   * The replay of a resumed session is over: rejoin the namespaces the session did not keep,
+   * send once more the calls that got no answer, then the buffered emits, and say `connect`.
+   */
+  endRecovery() {
+    const { resumed, refused } = this.recovering;
+    this.recovering = null;
+    for (const ns of this.namespaces.values()) {
+      if (resumed.has(ns)) continue;
+      this.failSentAcks(ns, new SocketError('disconnected', `${ns.name} was not part of the resumed session`));
+      ns.authSent = false;
+      if (ns.name !== '/' && ns.wanted && !refused.has(ns)) ns.sendConnect();
+    }
+    const unanswered = [...this.pending.values()]
+      .filter((entry) => entry.sent && resumed.has(entry.namespace) && entry.namespace.wanted)
+      .sort((a, b) => a.seq - b.seq);
+    for (const entry of unanswered) {
+      if (!this.write(entry.text)) return; // lost again: they wait for the next resume
+      entry.seq = this.sendSeq++;
+    }
+    for (const [ns, data] of resumed) {
+      if (this.ws) ns.joined(data, true); // a `connect` listener may have closed the socket
+    }
+  }
+
   dispatch(frame, ws) {
-    if (frame.event === 'heartbeat') return;
+    if (frame.event === 'heartbeat') {
+      if (this.recovering) this.endRecovery();
+      return;
+    }
+    if (frame.event === 'connect' && frame.namespace === '/') {
+      // Every `connect` for `/` carries a new token; the previous one stops working.
+      const token = frame.data?.recovery?.token;
+      this.token = typeof token === 'string' ? token : null;
+    }
     if (frame.event === 'ack') {
       this.settleAck(frame.id, null, frame.data);
       return;
@@ -614,8 +734,16 @@ class Manager {
 
   /** Drop the current WebSocket and everything tied to it, then reconnect or give up. */
   lose(reason, details, action) {
-    this.detach();
-    for (const ns of this.namespaces.values()) ns.markDisconnected(reason, details);
+    // The server keeps a session whose link dropped, and its answers to our calls; not after
+    // 1009, which means "do not send that frame again" (and ends the session anyway).
+    const resumable =
+      this.token !== null && action !== 'stop' && this.options.reconnect && details.code !== 1009;
+    // A link we think dead is left to die by itself: a closing handshake that got through
+    // would end the session we are about to resume.
+    this.detach(1000, '', resumable && this.ready && reason === 'ping timeout');
+    this.recovering = null;
+    this.dropReason = reason;
+    for (const ns of this.namespaces.values()) ns.markDisconnected(reason, details, resumable);
     if (this.closed) return; // a `disconnect` listener called close()
     if (action === 'stop' || !this.options.reconnect) {
       this.giveUp(new SocketError('closed', `connection closed (${reason}, code ${details.code})`));
@@ -624,8 +752,11 @@ class Manager {
     }
   }
 
-  /** Forget the current WebSocket (closing it if needed) and stop its timers. */
-  detach(code = 1000, why = '') {
+  /**
+   * Forget the current WebSocket and stop its timers; close it, unless `keepOpen` (then it is
+   * closed once another one is ready, or when giving up).
+   */
+  detach(code = 1000, why = '', keepOpen = false) {
     const ws = this.ws;
     this.ws = null;
     this.ready = false;
@@ -634,8 +765,20 @@ class Manager {
     this.disarmDeadTimer();
     if (ws) {
       ws.onmessage = ws.onclose = null;
-      if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) ws.close(code, why);
+      if (keepOpen) {
+        this.closeStale();
+        this.stale = ws;
+      } else if (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN) {
+        ws.close(code, why);
+      }
     }
+  }
+
+  /** Close the link given up as dead, if any (its session was resumed elsewhere, or is over). */
+  closeStale() {
+    const ws = this.stale;
+    this.stale = null;
+    if (ws && (ws.readyState === WebSocket.CONNECTING || ws.readyState === WebSocket.OPEN)) ws.close(1000, '');
   }
 
   /** The server speaks another protocol: close with 4010 and report it; do not retry. */
@@ -649,6 +792,9 @@ class Manager {
   giveUp(error) {
     this.closed = true;
     this.attempts = 0; // a later `connect()` starts afresh
+    this.token = null; // ...with a new session: a closed socket ends its session
+    this.recovering = null;
+    this.closeStale();
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     for (const ns of this.namespaces.values()) {
@@ -732,7 +878,10 @@ class Manager {
   /** The frame with this ack id has been written: from now on a disconnect fails it. */
   markSent(id) {
     const entry = id === null ? undefined : this.pending.get(id);
-    if (entry) entry.sent = true;
+    if (entry) {
+      entry.sent = true;
+      entry.seq = this.sendSeq++;
+    }
   }
 
   /** Resolve (`error` null) or reject a pending ack; unknown ids are ignored (late acks). */
@@ -751,4 +900,29 @@ class Manager {
       if (entry.namespace === namespace && entry.sent) this.settleAck(id, error);
     }
   }
+
+  /** A new session: acks for frames sent to the previous one (kept for a resume) can never come. */
+  failAllSentAcks(why) {
+    for (const [id, entry] of this.pending) {
+      if (entry.sent) {
+        this.settleAck(id, new SocketError('disconnected', `${entry.namespace.name} disconnected: ${why}`));
+      }
+    }
+  }
+}
+
+/**
+ * The URL that asks to resume a session (docs/protocol.md, "Resuming"): the application's URL
+ * with `recover` and `offset` (when there is one) added to its query, which is kept as is.
+ */
+function recoveryUrl(url, token, offset) {
+  const hash = url.indexOf('#');
+  const base = hash === -1 ? url : url.slice(0, hash);
+  const question = base.indexOf('?');
+  const path = question === -1 ? base : base.slice(0, question);
+  const query = question === -1 ? [] : base.slice(question + 1).split('&');
+  const kept = query.filter((part) => part !== '' && !/^(recover|offset)(=|$)/.test(part));
+  kept.push(`recover=${encodeURIComponent(token)}`);
+  if (offset !== null) kept.push(`offset=${encodeURIComponent(offset)}`);
+  return `${path}?${kept.join('&')}`;
 }

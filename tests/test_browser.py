@@ -1,17 +1,23 @@
 """Browser tests: client.html and client.js in headless Chromium against a real server.
 
 server.py runs as a subprocess on a free port (and is killed and restarted on the same port
-where a test needs an outage). Chromium is the system one (``apt-get install -y chromium``);
-a browser is never downloaded. Tests wait on page conditions, never on the clock.
+where a test needs an outage). Where a test needs the network to fail while the server lives
+on, the page reaches the server through a TCP relay the test can cut. Chromium is the system
+one (``apt-get install -y chromium``); a browser is never downloaded. Tests wait on
+conditions (in the page, in the server's log), never on the clock.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import queue
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -21,6 +27,8 @@ from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
 from websockets.sync.server import ServerConnection, serve
 
 try:
@@ -44,10 +52,12 @@ FAST = "{reconnectDelay: 50, reconnectDelayMax: 200}"
 class ServerProcess:
     """``python server.py`` as a subprocess, restartable on the port it got the first time."""
 
-    def __init__(self) -> None:
+    def __init__(self, *args: str) -> None:
+        self.args = args  # extra command-line options
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
+        self.logged = threading.Condition()
 
     @property
     def url(self) -> str:
@@ -60,7 +70,7 @@ class ServerProcess:
     def start(self) -> None:
         """Start the server and wait until it logs the port it listens on."""
         self.proc = subprocess.Popen(
-            [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(self.port)],
+            [sys.executable, "server.py", "--host", "127.0.0.1", "--port", str(self.port), *self.args],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -82,11 +92,19 @@ class ServerProcess:
         """Report the port once, and keep draining so a chatty server never blocks on a full pipe."""
         assert proc.stderr is not None
         for line in proc.stderr:
-            self.log.append(line)
+            with self.logged:
+                self.log.append(line)
+                self.logged.notify_all()
             match = LISTENING.search(line)
             if match:
                 ports.put(int(match.group(1)))
         ports.put(None)  # exited (read only if it exited before listening)
+
+    def wait_for_log(self, text: str, timeout: float = 10.0) -> None:
+        """Wait until the server logged a line containing ``text``."""
+        with self.logged:
+            if not self.logged.wait_for(lambda: any(text in line for line in self.log), timeout):
+                pytest.fail(f"server.py did not log {text!r}:\n" + "".join(self.log))
 
     def kill(self) -> None:
         """SIGKILL: the way a crash or a pulled plug looks to clients."""
@@ -113,6 +131,218 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+class Relay:
+    """A TCP relay in front of a server, run by its own event loop in a thread.
+
+    The page talks to ``url`` and the relay forwards every byte both ways, so the test can
+    break the network while both ends live on: ``cut()`` resets every connection (TCP RST, no
+    closing handshake), which is how a lost link looks. While ``hold()`` is in force, new
+    connections wait, unanswered, until ``release()``; ``swallow()`` drops the bytes sent one
+    way on the current connections instead of forwarding them, as a link that dies does.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.changed = threading.Condition()
+        self.waiting = 0  # connections held back by hold()
+        self.swallowed = {"up": 0, "down": 0}  # bytes dropped by swallow(), per direction
+        self.swallowing: dict[str, set[asyncio.StreamWriter]] = {"up": set(), "down": set()}
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def __enter__(self) -> Relay:
+        self.thread.start()
+        self._call(self._start())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._call(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()
+
+    def cut(self, *, hold: bool = False) -> None:
+        """Reset every connection through the relay; with ``hold``, hold the next ones back."""
+        self._call(self._cut(hold))
+
+    def release(self) -> None:
+        """Let held and new connections through again."""
+        self._call(self._release())
+
+    def swallow(self, direction: str) -> None:
+        """Drop what the current connections send ``up`` (to the server) or ``down`` (to the page)."""
+        self._call(self._swallow(direction))
+
+    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+        """Wait until ``condition()`` holds for the relay's counters."""
+        with self.changed:
+            if not self.changed.wait_for(condition, timeout):
+                pytest.fail(f"relay: no {what} within {timeout} s")
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)
+
+    def _changed(self, update: Callable[[], None]) -> None:
+        with self.changed:
+            update()
+            self.changed.notify_all()
+
+    async def _start(self) -> None:
+        self.open = asyncio.Event()
+        self.open.set()
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _stop(self) -> None:
+        self.server.close()
+        await self._cut(hold=False)
+        self.open.set()  # held connections see they were cut, and end
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=5)
+
+    async def _cut(self, hold: bool) -> None:
+        if hold:
+            self.open.clear()
+        for writer in list(self.writers):
+            sock = writer.get_extra_info("socket")
+            if sock is not None and sock.fileno() != -1:
+                # Linger 0: closing sends RST instead of FIN.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        self.writers.clear()
+
+    async def _release(self) -> None:
+        self.open.set()
+
+    async def _swallow(self, direction: str) -> None:
+        self.swallowing[direction] = set(self.writers)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        self.writers.add(writer)
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            if not self.open.is_set():
+                self._changed(lambda: setattr(self, "waiting", self.waiting + 1))
+                try:
+                    await self.open.wait()
+                finally:
+                    self._changed(lambda: setattr(self, "waiting", self.waiting - 1))
+            if writer not in self.writers:  # cut while held
+                return
+            up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.target_port)
+            self.writers.add(upstream)
+            await asyncio.gather(self._pipe(reader, upstream, "up"), self._pipe(up_reader, writer, "down"))
+        except OSError:
+            pass
+        finally:
+            for end in (writer, upstream):
+                if end is not None:
+                    self.writers.discard(end)
+                    end.close()
+            self.tasks.discard(task)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str) -> None:
+        try:
+            while data := await reader.read(65536):
+                if writer in self.swallowing[direction]:
+                    self._changed(lambda: self.swallowed.update({direction: self.swallowed[direction] + len(data)}))
+                    continue
+                writer.write(data)
+                await writer.drain()
+            if writer.can_write_eof():
+                writer.write_eof()
+        except OSError:
+            writer.transport.abort()
+
+
+class Broadcaster:
+    """Another client of ``/test`` that broadcasts ``n 1``, ``n 2``, ... until stopped.
+
+    It goes straight to the server (not through a relay), and sends each number once the
+    previous one came back to it: the server has then sent it to every member of ``/test``.
+    """
+
+    PACE = 0.02  # seconds between numbers, well under the server's rate limit
+
+    def __init__(self, ws_url: str) -> None:
+        self.ws_url = ws_url
+        self.exit_stack = contextlib.ExitStack()
+        self.sent = 0
+        self.changed = threading.Condition()
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Broadcaster:
+        self.ws: ClientConnection = self.exit_stack.enter_context(ws_connect(self.ws_url))
+        self.expect("connect", "/")
+        self.send("connect", None)
+        self.expect("connect", "/test")
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self.exit_stack.close()
+
+    def send(self, event: str, data: Any) -> None:
+        self.ws.send(json.dumps({"event": event, "namespace": "/test", "data": data}))
+
+    def expect(self, event: str, namespace: str, data: Any = None) -> None:
+        """Read frames until one with this event, namespace (and data, if given) arrives."""
+        while True:
+            frame = json.loads(self.ws.recv(timeout=10))
+            if frame["event"] == event and frame["namespace"] == namespace and data in (None, frame.get("data")):
+                return
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping.wait(self.PACE):
+                number = f"n {self.sent + 1}"
+                self.send("my broadcast event", {"data": number})
+                self.expect("my response", "/test", {"data": number})
+                with self.changed:
+                    self.sent += 1
+                    self.changed.notify_all()
+        except BaseException as exc:  # reported by wait_sent and stop
+            self.failure = exc
+            with self.changed:
+                self.changed.notify_all()
+
+    def wait_sent(self, count: int, timeout: float = 15.0) -> None:
+        """Wait until ``count`` numbers have been broadcast."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.sent >= count or self.failure is not None, timeout)
+        if self.failure is not None:
+            raise self.failure
+        assert self.sent >= count, f"only {self.sent} numbers broadcast, waiting for {count}"
+
+    def stop(self) -> int:
+        """Stop broadcasting; return how many numbers went out."""
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        if self.failure is not None:
+            raise self.failure
+        return self.sent
 
 
 HELLO = {"event": "connect", "namespace": "/", "data": {"sid": "fake", "protocol": 1}}
@@ -188,6 +418,22 @@ def server() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``python server.py`` with extra options; stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        process = ServerProcess(*args)
+        started.append(process)
+        process.start()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
 def new_page(browser: Browser) -> Iterator[Callable[[], Page]]:
     """Open pages in one browser context; fail the test on any uncaught error in a page."""
     context = browser.new_context(viewport={"width": 1100, "height": 860})
@@ -213,7 +459,12 @@ def logged(page: Page, text: str) -> Locator:
     return messages(page).filter(has_text=re.compile(f"^{re.escape(text)}$"))
 
 
-def open_demo(new_page: Callable[[], Page], server: ServerProcess) -> Page:
+def noted(page: Page, text: str) -> Locator:
+    """The lifecycle lines of the page's log (disconnected, reconnected, ...) that say `text`."""
+    return page.locator("#log li.event .text").filter(has_text=re.compile(f"^{re.escape(text)}$"))
+
+
+def open_demo(new_page: Callable[[], Page], server: ServerProcess | Relay) -> Page:
     """Open client.html and wait until /test greeted it."""
     page = new_page()
     page.goto(server.url + "/")
@@ -231,7 +482,7 @@ def submit(page: Page, form: str, **fields: str) -> None:
     page.locator(f"#{form} button[type=submit]").click()
 
 
-def open_blank(new_page: Callable[[], Page], server: ServerProcess) -> Page:
+def open_blank(new_page: Callable[[], Page], server: ServerProcess | Relay) -> Page:
     """A page of the server's origin that opens no socket by itself, to import client.js."""
     page = new_page()
     page.goto(server.url + "/client.js")
@@ -352,6 +603,154 @@ def test_page_reconnects_after_server_restart(new_page: Callable[[], Page], serv
     expect(logged(b, "everyone is back")).to_have_count(1)
 
 
+# Connection state recovery (docs/protocol.md, "Extension: connection state recovery")
+
+NUMBERED = re.compile(r"^n \d+$")
+
+
+def test_page_recovers_its_session_after_a_cut(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """The link drops while another client broadcasts: the page resumes and misses nothing."""
+    server = start_server("--recovery-window", "120")
+    with Relay(server.port) as relay:
+        page = open_demo(new_page, relay)
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        sid = page.locator("#sid").text_content()
+        submit(page, "join", join_room="lobby")
+        expect(messages(page).last).to_have_text(re.compile(r"^In rooms: .*\blobby\b"))
+        with Broadcaster(server.ws_url) as numbers:
+            expect(logged(page, "n 5")).to_have_count(1)
+            relay.cut(hold=True)
+            expect(noted(page, "disconnected: transport close")).to_have_count(1)
+            relay.wait(lambda: relay.waiting > 0, "reconnection attempt")
+            numbers.wait_sent(numbers.sent + 20)  # broadcast while the page is away, for sure
+            relay.release()
+            status = page.locator("#status")
+            expect(status).to_have_attribute("data-recovered", "true", timeout=RECONNECT_TIMEOUT)
+            expect(status).to_have_text("connected (recovered)")
+            expect(noted(page, "Recovered: missed events replayed")).to_have_count(1)
+            numbers.wait_sent(numbers.sent + 10)  # and some more after the resume
+            last = numbers.stop()
+            expect(logged(page, f"n {last}")).to_have_count(1)
+            numbered = [text for text in messages(page).all_text_contents() if NUMBERED.match(text)]
+            assert numbered == [f"n {i}" for i in range(1, last + 1)]
+            # Same session: same sid, still in the room.
+            assert page.locator("#sid").text_content() == sid
+            numbers.send("my room event", {"room": "lobby", "data": "for the lobby"})
+            expect(logged(page, "for the lobby")).to_have_count(1)
+        assert page.evaluate("[demo.test.recovered, demo.test.connected]") == [True, True]
+    assert len(sockets) == 1
+    assert re.search(r"[?&]recover=[\w%-]+&offset=[\w%-]+$", sockets[0]), sockets[0]
+    # The connect handler ran once: "Connected" is not in the log twice.
+    assert messages(page).all_text_contents().count("Connected") == 1
+
+
+def test_page_starts_a_new_session_after_the_window(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """Away longer than the recovery window: the page says its state was lost, and it was."""
+    server = start_server("--recovery-window", "1")
+    with Relay(server.port) as relay:
+        page = open_demo(new_page, relay)
+        sid = page.locator("#sid").text_content()
+        submit(page, "join", join_room="lobby")
+        expect(messages(page).last).to_have_text(re.compile(r"^In rooms: .*\blobby\b"))
+        relay.cut(hold=True)
+        # The window running out is the behaviour under test: the server ends the session.
+        server.wait_for_log(f"disconnect sid={sid} ")
+        relay.release()
+        status = page.locator("#status")
+        expect(status).to_have_attribute("data-recovered", "false", timeout=RECONNECT_TIMEOUT)
+        expect(status).to_have_text("connected (new session)")
+        expect(noted(page, "New session: state was lost")).to_have_count(1)
+        expect(page.locator("#sid")).not_to_have_text(sid or "")
+        assert page.evaluate("demo.test.recovered") is False
+        # The new session is in no room: a message to the lobby does not reach it.
+        expect(logged(page, "Connected")).to_have_count(2)  # the connect handler ran again
+        with Broadcaster(server.ws_url) as other:
+            other.send("my room event", {"room": "lobby", "data": "for the lobby"})
+            other.send("my broadcast event", {"data": "barrier"})  # handled, and sent, after it
+            expect(logged(page, "barrier")).to_have_count(1)
+        expect(logged(page, "for the lobby")).to_have_count(0)
+
+
+def test_calls_survive_a_recovery(new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]) -> None:
+    """A call whose frame, or whose answer, was lost in the drop is answered once after the resume."""
+    server = start_server("--recovery-window", "120")
+    with Relay(server.port) as relay:
+        page = open_blank(new_page, relay)
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.evaluate(
+            f"""async (url) => {{
+                window.pongs = 0;
+                window.events = [];
+                // No heartbeats: the only frames on the wire are the test's.
+                const options = {{...{FAST}, heartbeatInterval: null}};
+                window.test = await client.connect(url, options).of('/test').ready;
+                test.on('my pong', () => pongs++);
+                // The timeout only bounds a failing test: the resume takes milliseconds.
+                window.ping = () => test.emitWithAck('my ping', null, {{timeout: {RECONNECT_TIMEOUT}}});
+                test.on('connect', (data) => events.push(`connect recovered=${{data.recovered}}`));
+                test.on('reconnect', (n, info) => events.push(`reconnect recovered=${{info.recovered}}`));
+                test.on('disconnect', (reason) => events.push(`disconnect ${{reason}}`));
+            }}""",
+            relay.ws_url + "?app=demo%20page",
+        )
+        # The frame is lost on its way to the server: the client sends it again after the resume.
+        relay.swallow("up")
+        page.evaluate("() => { window.lost = ping(); }")
+        relay.wait(lambda: relay.swallowed["up"] > 0, "frame swallowed")
+        relay.cut()
+        assert page.evaluate("lost.then((pong) => typeof pong.pong, (e) => e.code)") == "number"
+        # The server handled it, but its answer is lost on the way back: the answer is replayed.
+        relay.swallow("down")
+        page.evaluate("() => { window.unanswered = ping(); }")
+        relay.wait(lambda: relay.swallowed["down"] > 0, "answer swallowed")
+        relay.cut()
+        assert page.evaluate("unanswered.then((pong) => typeof pong.pong, (e) => e.code)") == "number"
+        page.wait_for_function("events.length === 6")
+        cycle = ["disconnect transport close", "reconnect recovered=true", "connect recovered=true"]
+        assert page.evaluate("events") == cycle * 2
+        # Each ping was handled once (a second handling would have sent a second pong).
+        assert page.evaluate("test.emitWithAck('my ping').then(() => pongs)") == 3
+    assert len(sockets) == 3
+    # The application's query is kept; the token and offset come after it.
+    assert all(re.search(r"/\?app=demo%20page&recover=[\w%-]+&offset=[\w%-]+$", url) for url in sockets[1:]), sockets
+
+
+def test_link_found_dead_is_resumed(new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]) -> None:
+    """Heartbeats go unanswered: the client drops the link without ending the session, and resumes it."""
+    server = start_server("--recovery-window", "120")
+    with Relay(server.port) as relay:
+        page = open_blank(new_page, relay)
+        page.evaluate(
+            f"""async (url) => {{
+                window.got = [];
+                window.events = [];
+                const options = {{...{FAST}, heartbeatInterval: 100, heartbeatTimeout: 300}};
+                window.test = await client.connect(url, options).of('/test').ready;
+                test.on('my response', (data) => got.push(data.data));
+                test.on('connect', (data) => events.push(`connect recovered=${{data.recovered}}`));
+                test.on('reconnect', (n, info) => events.push(`reconnect recovered=${{info.recovered}}`));
+                test.on('disconnect', (reason) => events.push(`disconnect ${{reason}}`));
+            }}""",
+            relay.ws_url,
+        )
+        # The page still reaches the server, but nothing comes back: not even its own echo.
+        relay.swallow("down")
+        page.evaluate("test.emit('my event', { data: 'while deaf' })")
+        page.wait_for_function("events.length === 3", timeout=RECONNECT_TIMEOUT)
+        # A closing handshake on the old link would have reached the server and ended the session.
+        resumed = ["disconnect ping timeout", "reconnect recovered=true", "connect recovered=true"]
+        assert page.evaluate("events") == resumed
+        page.evaluate("test.emit('my event', { data: 'barrier' })")
+        page.wait_for_function("got.includes('barrier')")
+        assert page.evaluate("got") == ["Connected", "while deaf", "barrier"]
+
+
 # client.js, exercised inside a page
 
 
@@ -374,7 +773,7 @@ def test_emit_with_ack(new_page: Callable[[], Page], server: ServerProcess) -> N
 
 
 def test_emit_with_ack_times_out(new_page: Callable[[], Page], server: ServerProcess) -> None:
-    """A server that does not answer makes emitWithAck reject; a dying link rejects the rest."""
+    """A server that does not answer makes emitWithAck reject; a lost session rejects the rest."""
     page = open_blank(new_page, server)
     page.evaluate("async (url) => { window.test = await client.connect(url).of('/test').ready; }", server.ws_url)
     server.pause()
@@ -387,8 +786,12 @@ def test_emit_with_ack_times_out(new_page: Callable[[], Page], server: ServerPro
     page.evaluate(
         "() => { window.outcome = test.emitWithAck('my ping', null, {timeout: null}).then(() => 'ok', (e) => e.code); }"
     )
+    # The link dies, but the call waits: a resumed session would still answer it. The new
+    # server knows nothing of the old session, so the client learns it never will.
     server.kill()
+    server.start()
     assert page.evaluate("outcome") == "disconnected"
+    assert page.evaluate("test.recovered") is False
 
 
 def test_emits_are_buffered_while_offline(new_page: Callable[[], Page], server: ServerProcess) -> None:
