@@ -28,6 +28,16 @@ On reconnection the client joins every namespace again with its auth, then sends
 emitted while it was away, in order. ``client.on("connect" | "disconnect" | "reconnect")``
 registers lifecycle callbacks; ``client.on("frame")`` sees every received text frame.
 
+When the server keeps dropped sessions (docs/protocol.md, "Extension: connection state
+recovery"), the client resumes its session on reconnection: same sid, namespaces and rooms,
+and every frame it missed, once and in order, before any new one. Calls sent before the drop
+stay pending (their timeouts still run) and are sent again, once, when their answer was not
+among the missed frames; then the events emitted while away follow. ``client.recovered``
+tells whether the last (re)connection resumed the session; the ``connect`` and ``reconnect``
+callbacks get the same flag. When it is False after a reconnection the session is new (the
+window expired, the server restarted, recovery is off): pending calls failed, namespaces were
+joined again, and the application must resynchronise what it missed.
+
 Testing your own handlers (the role of Flask-SocketIO's test client)::
 
     from client import serve_for_test, test_client
@@ -82,8 +92,10 @@ import logging
 import random
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -102,8 +114,8 @@ from protocol import (
     CloseCode,
     Envelope,
     ProtocolError,
-    decode,
     encode,
+    parse_json,
 )
 
 __all__ = [
@@ -133,6 +145,9 @@ AT_ONCE_CODES = frozenset({CloseCode.SLOW_CONSUMER})
 LONG_BACKOFF_CODES = frozenset({CloseCode.POLICY_VIOLATION, CloseCode.TOO_MANY_CONNECTIONS})
 ABNORMAL_CLOSURE = 1006  # RFC 6455 7.1.5: the connection closed without a close frame
 HTTP_FORBIDDEN = 403  # an Origin the server does not allow: give up
+# Drops after which a server with recovery on keeps the session (network loss, ping timeout,
+# slow consumer): calls in flight wait for the recovery instead of failing at once.
+RECOVERABLE_CODES = frozenset({ABNORMAL_CLOSURE, CloseCode.INTERNAL_ERROR, CloseCode.SLOW_CONSUMER})
 
 
 class ClientError(Exception):
@@ -225,6 +240,58 @@ def _outgoing(event: str, data: Any, namespace: str, id: int | None = None) -> s
         raise ValueError(f"{event!r} is a reserved event name")
     Envelope(event, namespace, None, id)  # validates the name and namespace
     return encode(event, data, namespace, id)
+
+
+def _parse(text: str) -> tuple[Envelope | ProtocolError, str | None]:
+    """Decode a received frame into its envelope (or why it is invalid) and its recovery offset.
+
+    The offset is read even from a frame the client refuses: it was received all the same,
+    and a recovery from an older offset would deliver the frames after it twice.
+    """
+    obj: Any = None
+    try:
+        obj = parse_json(text)
+        if type(obj) is not dict:
+            raise ProtocolError("invalid_envelope", "frame must be a JSON object")
+        fields: dict[str, Any] = obj
+        # Envelope() validates the event, namespace and id as protocol.decode() does.
+        result: Envelope | ProtocolError = Envelope(
+            fields.get("event"),  # type: ignore[arg-type]  # validated by Envelope
+            fields.get("namespace", DEFAULT_NAMESPACE),
+            fields.get("data"),
+            fields.get("id"),
+        )
+    except ProtocolError as exc:
+        result = exc
+        if obj is None:
+            with contextlib.suppress(ValueError, RecursionError):
+                obj = json.loads(text)  # e.g. deeper than the client's limit: only its offset counts
+    offset = obj.get("offset") if type(obj) is dict else None
+    return result, offset if type(offset) is str and offset else None
+
+
+def _trim_args(callback: Handler, args: Sequence[Any]) -> Sequence[Any]:
+    """Drop the trailing arguments a callback written for fewer does not take."""
+    try:
+        signature = inspect.signature(callback)
+    except (TypeError, ValueError):
+        return args
+    for count in range(len(args), -1, -1):
+        try:
+            signature.bind(*args[:count])
+        except TypeError:
+            continue
+        return args[:count]
+    return args  # takes none of these: let the call say why
+
+
+@dataclass(slots=True)
+class _Call:
+    """A call waiting for its ``ack``: its namespace, its future and its frame (to send again)."""
+
+    namespace: str
+    future: asyncio.Future[Any]
+    text: str
 
 
 async def _invoke(handler: Handler, *args: Any) -> Any:
@@ -338,7 +405,8 @@ class Namespace:
         Raises:
             ClientTimeoutError: no answer within ``timeout`` seconds.
             RemoteError: the server answered with an ``error`` event.
-            DisconnectedError: the connection dropped after the event was sent.
+            DisconnectedError: the connection dropped after the event was sent (and, when the
+                server keeps dropped sessions, the reconnection did not resume the session).
         """
         self._check_joined()
         return await self.client._call(self.name, event, data, timeout)
@@ -412,12 +480,15 @@ class Client:
     Args:
         url: the server's ``ws://`` or ``wss://`` URL.
         auth: sent as the ``connect`` data when ``/`` refuses the client, and on reconnection.
-        reconnect: reconnect after a drop (docs/protocol.md, "Close codes").
+        reconnect: reconnect after a drop (docs/protocol.md, "Close codes"), resuming the
+            session when the server keeps it ("Extension: connection state recovery").
 
     Keyword-only options (``None`` disables a timeout or a limit where noted):
         connect_timeout: seconds to open the socket and read the greeting, and for each
             namespace ``connect`` (default 10).
         ping_interval, ping_timeout: WebSocket keepalive (defaults 20 and 20, as ``websockets``).
+            A link that does not answer a ping in time is dropped without a close frame, so
+            that the server keeps the session for a recovery.
         close_timeout: seconds to wait for the closing handshake and for handlers (default 5).
         reconnect_delay, reconnect_delay_max: the backoff's first and longest delay in seconds
             (defaults 0.5 and 10).
@@ -456,6 +527,7 @@ class Client:
         self.auth = auth
         self.reconnect = reconnect
         self.sid: str | None = None
+        self._recovered = False
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
@@ -471,9 +543,17 @@ class Client:
         self._namespaces: dict[str, Namespace] = {}
         self._callbacks: dict[str, Handler] = {}
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[str, asyncio.Future[Any]]] = {}
+        self._pending: dict[int, _Call] = {}
         self._connecting: dict[str, asyncio.Future[Any]] = {}
         self._buffer: deque[tuple[str, int | None]] = deque()
+        # Connection state recovery (docs/protocol.md): the session's single-use token, the
+        # offset of the last frame received, and the calls sent before a drop that no answer
+        # reached (they wait for the recovery, which re-sends them, or fail without one).
+        self._token: str | None = None
+        self._offset: str | None = None
+        self._unanswered: list[int] = []
+        self._drop_error: DisconnectedError | None = None
+        self._replay_done: asyncio.Future[bool] | None = None
         self._ws: ClientConnection | None = None
         self._ready = False
         self._closing = False
@@ -496,6 +576,16 @@ class Client:
         return self._ready
 
     @property
+    def recovered(self) -> bool:
+        """Whether the last (re)connection resumed the session (docs/protocol.md, recovery).
+
+        False after the first connection, and after a reconnection that got a fresh session
+        (new sid; calls in flight failed, namespaces joined again): what was sent meanwhile is
+        lost, and the application should resynchronise.
+        """
+        return self._recovered
+
+    @property
     def root(self) -> Namespace:
         """The namespace ``/``, joined when the connection opens."""
         return self.namespace(DEFAULT_NAMESPACE)
@@ -510,9 +600,11 @@ class Client:
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Register a lifecycle callback; without ``handler``, return a decorator.
 
-        Events: ``connect()`` after each (re)connection, ``disconnect(reason)`` when the
-        connection drops or closes, ``reconnect(attempt)`` after a successful reconnection,
-        ``frame(text)`` for every text frame received. The ``disconnect`` reason is
+        Events: ``connect(recovered)`` after each (re)connection, ``disconnect(reason)`` when
+        the connection drops or closes, ``reconnect(attempt, recovered)`` after a successful
+        reconnection, ``frame(text)`` for every text frame received. ``recovered`` is
+        :attr:`recovered`; a ``connect`` or ``reconnect`` callback that takes fewer arguments
+        gets fewer (``connect()``, ``reconnect(attempt)``). The ``disconnect`` reason is
         ``"client"`` after :meth:`close`, else ``"closed <code>"``. Register callbacks before
         opening to see the first ``connect``. Callbacks and handlers run one at a time, in order.
         Namespace events go to :meth:`Namespace.on`.
@@ -542,7 +634,7 @@ class Client:
         self._start_reading(ws)
         self._ready = True
         self._supervisor = asyncio.create_task(self._supervise())
-        await self._fire("connect")
+        await self._fire("connect", self._recovered)
 
     async def connect(self, namespace: str, *, auth: Any = None, timeout: float | None = None) -> Namespace:
         """Join ``namespace`` with ``auth`` as the ``connect`` data and return it.
@@ -593,62 +685,96 @@ class Client:
 
     # Connection
 
-    async def _open_socket(self) -> ClientConnection:
-        """Open the WebSocket and complete the greeting; return the connection."""
+    async def _open_socket(self, *, recover: bool = False) -> ClientConnection:
+        """Open the WebSocket and complete the greeting; return the connection.
+
+        With ``recover`` and a recovery token, ask the server to resume the session; whether
+        it did is in :attr:`recovered` afterwards.
+        """
+        resuming = recover and self._token is not None
         ws = await connect(
-            self.url,
+            self._recovery_url() if resuming else self.url,
             origin=None if self._origin is None else Origin(self._origin),
             open_timeout=self._connect_timeout,
-            ping_interval=self._ping_interval,
-            ping_timeout=self._ping_timeout,
+            ping_interval=None,  # our own keepalive: websockets' sends a close frame on a dead link
+            ping_timeout=None,
             close_timeout=self._close_timeout,
             max_size=self._max_size,
         )
         try:
             try:
                 async with asyncio.timeout(self._connect_timeout):
-                    self.sid = await self._handshake(ws)
+                    data, offset = await self._handshake(ws)
             except TimeoutError:
                 raise ClientTimeoutError(f"no greeting from {self.url} within {self._connect_timeout} s") from None
         except BaseException:
             await ws.close()
             raise
-        self.root._joined = True
+        sid = str(data["sid"])
+        recovered = resuming and data.get("recovered") is True and sid == self.sid
+        if not recovered:
+            # A new session: the old one's offsets mean nothing to it, and it is in / (a
+            # resumed session keeps its own state of /: it may have left it).
+            self._offset = offset
+            self.root._joined = True
+        self._keep_token(data)
+        self.sid = sid
+        self._recovered = recovered
         return ws
 
-    async def _handshake(self, ws: ClientConnection) -> str:
-        """Read the greeting (answering a refusal of ``/`` with ``auth``) and return the sid."""
-        envelope = await self._recv_greeting(ws)
+    def _keep_token(self, data: Any) -> None:
+        """Keep the recovery token of a ``connect`` of ``/`` (none: the server has recovery off)."""
+        recovery = data.get("recovery") if isinstance(data, dict) else None
+        token = recovery.get("token") if isinstance(recovery, dict) else None
+        self._token = token if isinstance(token, str) and token else None
+
+    def _recovery_url(self) -> str:
+        """Return the URL with ``recover=<token>`` and ``offset=<last offset>`` added to its query."""
+        scheme, netloc, path, query, fragment = urlsplit(self.url)
+        params = [p for p in query.split("&") if p and p.split("=", 1)[0] not in ("recover", "offset")]
+        params.append(f"recover={quote(self._token or '', safe='')}")
+        if self._offset is not None:
+            params.append(f"offset={quote(self._offset, safe='')}")
+        return urlunsplit((scheme, netloc, path, "&".join(params), fragment))
+
+    async def _handshake(self, ws: ClientConnection) -> tuple[dict[str, Any], str | None]:
+        """Read the greeting (answering a refusal of ``/`` with ``auth``).
+
+        Returns the ``connect`` data (it has a ``sid``) and the offset of the last frame read.
+        """
+        envelope, offset = await self._recv_greeting(ws)
         if envelope.event == CONNECT_ERROR and self.auth is not None:
             await ws.send(encode(CONNECT, self.auth, DEFAULT_NAMESPACE))
-            envelope = await self._recv_greeting(ws, retry=True)
+            envelope, later = await self._recv_greeting(ws, retry=True)
+            offset = later or offset
         if envelope.event == CONNECT_ERROR:
             raise ConnectRefusedError(DEFAULT_NAMESPACE, envelope.data)
         data = envelope.data if isinstance(envelope.data, dict) else {}
         if data.get("protocol") != PROTOCOL_VERSION or not isinstance(data.get("sid"), str):
             await self._refuse_protocol(ws, f"protocol {data.get('protocol')!r}")
-        return str(data["sid"])
+        return data, offset
 
-    async def _recv_greeting(self, ws: ClientConnection, *, retry: bool = False) -> Envelope:
-        """Return the next ``connect`` or ``connect_error`` for ``/``.
+    async def _recv_greeting(self, ws: ClientConnection, *, retry: bool = False) -> tuple[Envelope, str | None]:
+        """Return the next ``connect`` or ``connect_error`` for ``/``, and the last offset read.
 
         The first frame must be one (docs/protocol.md, "Connecting"): anything else means the
         peer does not speak this protocol. After an auth retry, other frames are skipped.
         """
+        offset = None
         while True:
             message = await ws.recv()
+            envelope = None
             if isinstance(message, str):
                 await self._fire("frame", message)
-            try:
-                envelope = decode(message) if isinstance(message, str) else None
-            except ProtocolError:
-                envelope = None
+                parsed, seen = _parse(message)
+                offset = seen or offset
+                envelope = parsed if isinstance(parsed, Envelope) else None
             if (
                 envelope is not None
                 and envelope.namespace == DEFAULT_NAMESPACE
                 and envelope.event in (CONNECT, CONNECT_ERROR)
             ):
-                return envelope
+                return envelope, offset
             if not retry:
                 await self._refuse_protocol(ws, f"first frame {str(message)[:100]!r}")
             logger.debug("skipping %r while waiting for connect /", message)
@@ -683,6 +809,7 @@ class Client:
 
     async def _read(self, ws: ClientConnection) -> tuple[int, str]:
         """Handle frames until the connection closes; return its close code and reason."""
+        keepalive = asyncio.create_task(self._keepalive(ws)) if self._ping_interval is not None else None
         try:
             async for message in ws:
                 if isinstance(message, str):
@@ -694,11 +821,35 @@ class Client:
         except Exception:
             logger.error("client failed while reading frames", exc_info=True)
             await ws.close(CloseCode.INTERNAL_ERROR)
+        finally:
+            if keepalive is not None:
+                keepalive.cancel()
         await ws.wait_closed()
         code = ws.close_code if ws.close_code is not None else ABNORMAL_CLOSURE
         reason = ws.close_reason or ""
         await self._connection_lost(code, reason)
         return code, reason
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Ping every ``ping_interval``; drop a link that does not answer within ``ping_timeout``.
+
+        Dropped, not closed: a close frame that gets through means "I am leaving" and ends the
+        session, while the server keeps a session whose link died (docs/protocol.md, recovery).
+        """
+        assert self._ping_interval is not None
+        while True:
+            await asyncio.sleep(self._ping_interval)
+            try:
+                async with asyncio.timeout(self._ping_timeout):
+                    pong = await ws.ping()
+                    if self._ping_timeout is not None:
+                        await pong
+            except ConnectionClosed:
+                return
+            except TimeoutError:
+                logger.warning("no answer to a ping within %s s: dropping the connection", self._ping_timeout)
+                ws.transport.abort()
+                return
 
     async def _connection_lost(self, code: int, reason: str) -> None:
         """Mark the connection down and fail what can no longer be answered."""
@@ -708,11 +859,17 @@ class Client:
             if not future.done():
                 future.set_exception(error)
         self._connecting.clear()
+        if self._replay_done is not None and not self._replay_done.done():
+            self._replay_done.set_result(False)
         buffered = {id for _, id in self._buffer}
-        for id in [id for id in self._pending if id not in buffered]:
-            _, future = self._pending.pop(id)
-            if not future.done():
-                future.set_exception(error)
+        sent = sorted(id for id in self._pending if id not in buffered)
+        if self._token is not None and self.reconnect and not self._closing and code in RECOVERABLE_CODES:
+            # The server may have kept the session: these calls wait for the recovery.
+            self._unanswered, self._drop_error = sent, error
+        else:
+            self._unanswered, self._drop_error = [], None
+            for id in sent:
+                self._pending.pop(id).future.set_exception(error)
         await self._fire("disconnect", "client" if self._closing else f"closed {code}")
 
     async def _supervise(self) -> None:
@@ -739,7 +896,7 @@ class Client:
                 return False
             await asyncio.sleep(delay)
             try:
-                ws = await self._open_socket()
+                ws = await self._open_socket(recover=True)
             except InvalidStatus as exc:
                 if exc.response.status_code == HTTP_FORBIDDEN:
                     logger.warning("not reconnecting: %s", exc)
@@ -754,12 +911,68 @@ class Client:
                 continue
             self._start_reading(ws)
             if await self._resume(ws):
-                await self._fire("reconnect", attempt + 1)
-                await self._fire("connect")
+                await self._fire("reconnect", attempt + 1, self._recovered)
+                await self._fire("connect", self._recovered)
             return True
 
     async def _resume(self, ws: ClientConnection) -> bool:
-        """Join the namespaces again, then send the buffered events; False if the link dropped."""
+        """Resume or rejoin, then send the buffered events; False if the link dropped meanwhile.
+
+        A recovered session keeps its namespaces (the server confirms each with a ``connect``):
+        once the missed frames have been read, the calls they did not answer are sent again,
+        once. A fresh session fails those calls and joins the namespaces again.
+        """
+        if self._recovered:
+            if not await self._replayed(ws):
+                return False
+            for id in self._unanswered:
+                call = self._pending.get(id)
+                if call is None or call.future.done():
+                    continue  # answered by a replayed frame, or given up
+                try:
+                    await ws.send(call.text)  # the server drops it if it was handled already
+                except ConnectionClosed:
+                    return False
+        else:
+            for id in self._unanswered:
+                call = self._pending.pop(id, None)
+                if call is not None and not call.future.done():
+                    call.future.set_exception(self._drop_error or DisconnectedError("the session was not recovered"))
+        self._unanswered, self._drop_error = [], None
+        if not self._recovered and not await self._rejoin(ws):
+            return False
+        while self._buffer:
+            item = self._buffer.popleft()
+            try:
+                await ws.send(item[0])
+            except ConnectionClosed:
+                self._buffer.appendleft(item)  # not sent: keep it for the next connection
+                return False
+        self._ready = True
+        return True
+
+    async def _replayed(self, ws: ClientConnection) -> bool:
+        """Wait until the frames a recovery replays have been read; False if the link dropped.
+
+        The server replays them before it reads anything from the new socket, so its answer
+        to a ``heartbeat`` comes after the last one.
+        """
+        done = self._replay_done = asyncio.get_running_loop().create_future()
+        try:
+            await ws.send(encode(HEARTBEAT, None, DEFAULT_NAMESPACE))
+            async with asyncio.timeout(self._connect_timeout):
+                return await done
+        except ConnectionClosed:
+            return False
+        except TimeoutError:
+            # Sending the calls again is still safe: the server drops the ones it handled.
+            logger.warning("no heartbeat answer within %s s after the recovery", self._connect_timeout)
+            return True
+        finally:
+            self._replay_done = None
+
+    async def _rejoin(self, ws: ClientConnection) -> bool:
+        """Join the namespaces of the lost session again with their auth; False if the link dropped."""
         namespaces = [ns for ns in self._namespaces.values() if ns._joined and ns.name != DEFAULT_NAMESPACE]
         try:
             async with asyncio.timeout(self._connect_timeout):
@@ -772,27 +985,20 @@ class Client:
                 return False
             if isinstance(result, ConnectRefusedError):
                 # Nobody awaits this refusal: show it on the namespace like a received event.
-                await self._deliver(ws, Envelope(CONNECT_ERROR, ns.name, result.data))
+                await self._deliver(Envelope(CONNECT_ERROR, ns.name, result.data))
             if isinstance(result, BaseException):
                 logger.warning("could not join %s again: %s", ns.name, result)
-        while self._buffer:
-            item = self._buffer.popleft()
-            try:
-                await ws.send(item[0])
-            except ConnectionClosed:
-                self._buffer.appendleft(item)  # not sent: keep it for the next connection
-                return False
-        self._ready = True
         return True
 
     def _finish(self, reason: str, code: int | None) -> None:
         """The connection is gone for good: fail everything still waiting."""
         self._ready = False
         error = DisconnectedError(reason, code)
-        for _, future in self._pending.values():
-            if not future.done():
-                future.set_exception(error)
+        for call in self._pending.values():
+            if not call.future.done():
+                call.future.set_exception(error)
         self._pending.clear()
+        self._unanswered, self._drop_error = [], None
         self._buffer.clear()
         for ns in self._namespaces.values():
             ns._inbox.close(reason)
@@ -831,7 +1037,7 @@ class Client:
         id = next(self._ids)
         text = _outgoing(event, data, namespace, id)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[id] = (namespace, future)
+        self._pending[id] = _Call(namespace, future, text)
         try:
             await self._send(text, id)
             async with asyncio.timeout(timeout):
@@ -844,16 +1050,21 @@ class Client:
                 self._buffer.remove((text, id))  # a call that gave up is not sent later
 
     def _fail_calls(self, namespace: str, error: ClientError) -> None:
-        for id, (name, future) in list(self._pending.items()):
-            if name == namespace:
+        for id, call in list(self._pending.items()):
+            if call.namespace == namespace:
                 del self._pending[id]
-                if not future.done():
-                    future.set_exception(error)
+                if not call.future.done():
+                    call.future.set_exception(error)
 
-    async def _send_ack(self, ws: ClientConnection, envelope: Envelope, result: Any) -> None:
-        """Answer the server's acknowledgement request, on the connection that asked."""
-        if ws is not self._ws:
-            logger.debug("dropping the ack for id %s: the connection it answers is gone", envelope.id)
+    async def _send_ack(self, sid: str | None, envelope: Envelope, result: Any) -> None:
+        """Answer the server's acknowledgement request of session ``sid``.
+
+        On the current connection: the one that asked, or its successor when the session was
+        recovered. The session that asked may be gone: then the answer is too.
+        """
+        ws = self._ws
+        if sid != self.sid or ws is None:
+            logger.debug("dropping the ack for id %s: the session it answers is gone", envelope.id)
             return
         try:
             text = encode(ACK, result, envelope.namespace, envelope.id)
@@ -868,36 +1079,49 @@ class Client:
     async def _handle(self, ws: ClientConnection, text: str) -> None:
         """Route one received frame."""
         await self._fire("frame", text)
-        try:
-            envelope = decode(text)
-        except ProtocolError as exc:
-            logger.warning("ignoring an invalid frame from the server: %s", exc.message)
+        envelope, offset = _parse(text)
+        if offset is not None:
+            self._offset = offset
+        if isinstance(envelope, ProtocolError):
+            logger.warning("ignoring an invalid frame from the server: %s", envelope.message)
             return
         event = envelope.event
         if event == ACK or (event == ERROR and envelope.id in self._pending):
             self._settle_call(envelope)
         elif event in (CONNECT, CONNECT_ERROR):
-            self._settle_connect(envelope)
-        elif event != HEARTBEAT:
-            await self._deliver(ws, envelope)
+            await self._settle_connect(ws, envelope)
+        elif event == HEARTBEAT:
+            if self._replay_done is not None and not self._replay_done.done():
+                self._replay_done.set_result(True)
+        else:
+            await self._deliver(envelope)
 
     def _settle_call(self, envelope: Envelope) -> None:
         """Resolve the call that an ``ack`` or ``error`` answers."""
-        entry = self._pending.pop(envelope.id, None) if envelope.id is not None else None
-        if entry is None or entry[1].done():
+        call = self._pending.pop(envelope.id, None) if envelope.id is not None else None
+        if call is None or call.future.done():
             logger.debug("ignoring an ack for id %s: no call waits for it", envelope.id)
         elif envelope.event == ERROR:
             data = envelope.data if isinstance(envelope.data, dict) else {}
-            entry[1].set_exception(RemoteError(str(data.get("code", "")), str(data.get("message", ""))))
+            call.future.set_exception(RemoteError(str(data.get("code", "")), str(data.get("message", ""))))
         else:
-            entry[1].set_result(envelope.data)
+            call.future.set_result(envelope.data)
 
-    def _settle_connect(self, envelope: Envelope) -> None:
+    async def _settle_connect(self, ws: ClientConnection, envelope: Envelope) -> None:
         ns = self.namespace(envelope.namespace)
+        recovered = isinstance(envelope.data, dict) and envelope.data.get("recovered") is True
+        if ns.name == DEFAULT_NAMESPACE and envelope.event == CONNECT:
+            self._keep_token(envelope.data)  # each connect of / replaces the token
+        if recovered and not ns._joined and ns.name not in self._connecting:
+            # The resumed session is still in a namespace this client left while the link was down.
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(encode(DISCONNECT, None, ns.name))
+            return
         ns._joined = envelope.event == CONNECT
         future = self._connecting.pop(envelope.namespace, None)
         if future is None or future.done():
-            logger.debug("unexpected %s for %s", envelope.event, envelope.namespace)
+            if not recovered:
+                logger.debug("unexpected %s for %s", envelope.event, envelope.namespace)
             if envelope.event == CONNECT_ERROR:
                 ns._inbox.put(envelope)
             return
@@ -906,7 +1130,7 @@ class Client:
         else:
             future.set_exception(ConnectRefusedError(envelope.namespace, envelope.data))
 
-    async def _deliver(self, ws: ClientConnection, envelope: Envelope) -> None:
+    async def _deliver(self, envelope: Envelope) -> None:
         """Queue an event on its namespace and schedule its handler."""
         ns = self.namespace(envelope.namespace)
         if envelope.event == DISCONNECT:
@@ -915,16 +1139,17 @@ class Client:
             self._fail_calls(ns.name, DisconnectedError(f"the server disconnected {ns.name}"))
         handler = ns._deliver(envelope)
         if handler is not None:
-            await self._schedule(lambda: self._run_handler(ws, handler, envelope))
+            sid = self.sid
+            await self._schedule(lambda: self._run_handler(sid, handler, envelope))
 
-    async def _run_handler(self, ws: ClientConnection, handler: Handler, envelope: Envelope) -> None:
+    async def _run_handler(self, sid: str | None, handler: Handler, envelope: Envelope) -> None:
         try:
             result = await _invoke(handler, envelope.data)
         except Exception:
             logger.error("handler for %r on %s raised", envelope.event, envelope.namespace, exc_info=True)
             return
         if envelope.id is not None:
-            await self._send_ack(ws, envelope, result)
+            await self._send_ack(sid, envelope, result)
 
     # Handlers run one at a time, in the order their frames arrived, off the reader task:
     # a handler may await call() while the reader keeps reading the ack.
@@ -935,7 +1160,9 @@ class Client:
         if callback is not None:
             await self._schedule(lambda: self._run_callback(event, callback, args))
 
-    async def _run_callback(self, event: str, callback: Handler, args: Iterable[Any]) -> None:
+    async def _run_callback(self, event: str, callback: Handler, args: Sequence[Any]) -> None:
+        if event in ("connect", "reconnect"):
+            args = _trim_args(callback, args)  # callbacks written before the recovered flag
         try:
             await _invoke(callback, *args)
         except Exception:

@@ -574,8 +574,9 @@ async def test_cli_emits_and_prints_replies(demo: ServerProcess) -> None:
     )
     assert code == 0, err
     sid = frames[0]["data"]["sid"]
+    token = frames[0]["data"]["recovery"]["token"]  # the demo app keeps dropped sessions
     assert events(frames) == [
-        ("connect", "/", {"sid": sid, "protocol": 1}),
+        ("connect", "/", {"sid": sid, "protocol": 1, "recovered": False, "recovery": {"token": token, "window": 120}}),
         ("connect", "/test", {"sid": sid}),
         ("my response", "/test", {"data": "Connected"}),
         ("my response", "/test", {"data": "hi"}),
