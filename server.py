@@ -880,7 +880,9 @@ class SocketServer(Recovery):
     def _resolve_ack(self, conn: Connection, envelope: Envelope) -> None:
         future = conn.pending.pop(envelope.id, None) if envelope.id is not None else None
         if future is None:
-            self._refuse(conn, envelope, "unknown_ack", "no acknowledgement with this id is pending")
+            # No id on this error: the id was ours, and a client would take it for its own call's.
+            message = f"no acknowledgement with id {envelope.id} is pending"
+            conn.send(self._error("unknown_ack", message, envelope.namespace))
         elif not future.done():
             future.set_result(envelope.data)
 

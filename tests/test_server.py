@@ -457,7 +457,7 @@ MALFORMED = [
     ('{"event":"e","data":' + "[" * 5000 + "]" * 5000 + "}", "too_deep", "/", None),
     ('{"event":"error","namespace":"/chat"}', "reserved_event", "/chat", None),
     ('{"event":"connect_error","namespace":"/chat","id":4}', "reserved_event", "/chat", 4),
-    ('{"event":"ack","namespace":"/chat","id":999}', "unknown_ack", "/chat", 999),
+    ('{"event":"ack","namespace":"/chat","id":999}', "unknown_ack", "/chat", None),
     ('{"event":"ack","namespace":"/chat"}', "unknown_ack", "/chat", None),
     ('{"event":"echo","namespace":"/elsewhere"}', "not_connected", "/elsewhere", None),
     ('{"event":"nobody listens","namespace":"/chat","id":5}', "unknown_event", "/chat", 5),
