@@ -55,6 +55,7 @@ class Connection:
         "detached",
         "dirty",
         "expiry",
+        "held",
         "hold",
         "log",
         "log_bytes",
@@ -73,6 +74,7 @@ class Connection:
         "stamp",
         "token",
         "tokens",
+        "unflushed",
         "worker",
         "written",
         "ws",
@@ -94,6 +96,8 @@ class Connection:
         self.backlog: deque[Envelope] | None = None  # frames waiting for an async handler
         self.worker: asyncio.Task[None] | None = None
         self.hold: list[bytes] | None = None  # frames held back while a connect handler runs
+        self.held = 0  # bytes in hold (reset with it)
+        self.unflushed = 0  # bytes framed in the protocol since the last flush
         self.close_reason: str | None = None
         self.written = 0  # bytes handed to the transport, for the slow-consumer watchdog
         self.progress = 0
@@ -112,6 +116,12 @@ class Connection:
     def send(self, frame: bytes) -> None:
         """Queue one text frame without waiting: no single client can delay the others."""
         if self.hold is not None:
+            # Held frames are buffered too: a slow or stuck connect handler must not make
+            # the server hold more for this client than max_send_buffer.
+            self.held += len(frame)
+            if self.held > self.server.max_send_buffer:
+                self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
+                return
             self.hold.append(frame)
             return
         if self.server.recovery_window:
@@ -168,12 +178,18 @@ class Connection:
         ws = self.ws
         if ws.protocol.state is not OPEN:
             return
-        if ws.transport.get_write_buffer_size() > self.server.max_send_buffer:
-            # The bound is ours to enforce: websockets buffers without limit here.
-            self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
-            return
+        limit = self.server.max_send_buffer
+        if ws.transport.get_write_buffer_size() + self.unflushed > limit:
+            # The bound is ours to enforce: websockets buffers without limit here. Frames
+            # framed in this iteration count too; hand them to the kernel first, which takes
+            # what a reading client can absorb, then judge what is left.
+            self.flush()
+            if ws.transport.get_write_buffer_size() > limit:
+                self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
+                return
         ws.protocol.send_text(frame)
         self.written += len(frame)
+        self.unflushed += len(frame)
         if not self.dirty:
             self.dirty = True
             self.server.flush_soon(self)
@@ -181,6 +197,7 @@ class Connection:
     def flush(self) -> None:
         """Write every frame queued in the protocol, in one call when possible."""
         self.dirty = False
+        self.unflushed = 0
         ws = self.ws
         chunks = ws.protocol.data_to_send()
         if not chunks:

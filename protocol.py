@@ -25,7 +25,9 @@ Any other exception escaping :func:`decode` is a bug.
 from __future__ import annotations
 
 import json
+import math
 import re
+import sys
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -89,7 +91,8 @@ class Envelope:
 
     def __post_init__(self) -> None:
         namespace = _check_namespace(self.namespace)
-        _check_event(self.event, namespace)
+        # The length limit is decode()'s to apply: the server may configure another one.
+        _check_event(self.event, namespace, max_length=sys.maxsize)
         if self.id is not None:
             _check_id(self.id, namespace)
 
@@ -163,7 +166,14 @@ def _reject_constant(name: str) -> Any:
     raise ProtocolError("not_strict_json", f"{name} is not strict JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999, or a long literal: JSON has no infinity
+        raise ProtocolError("not_strict_json", "number out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _OFFSET = re.compile(r"[A-Za-z0-9_-]+")
 # A \u escape of a UTF-16 surrogate is the only way a lone surrogate gets into decoded text:
 # websockets already refuses frames that are not valid UTF-8 (close 1007).

@@ -81,15 +81,32 @@ class Recovery:
     # -- Dropping and expiring ---------------------------------------------------------------
 
     def _keeps(self: SocketServer, conn: Connection, reason: str) -> bool:
-        return bool(self.recovery_window) and not self._closing and reason in RECOVERABLE and bool(conn.namespaces)
+        if not (self.recovery_window and not self._closing and reason in RECOVERABLE and conn.namespaces):
+            return False
+        # A kept session holds a place of its address: one address that connects and drops in
+        # a loop must not fill max_connections with kept sessions and lock everyone else out.
+        held = self._per_address.get(conn.address, 0) + self._kept.get(conn.address, 0)
+        return held < self.max_connections_per_address
 
     def _detach(self: SocketServer, conn: Connection, reason: str) -> None:
         """Keep a dropped session for the window; it goes on recording what is sent to it."""
+        if not conn.detached:
+            self._kept[conn.address] = self._kept.get(conn.address, 0) + 1
         conn.detached = True
         conn.close_reason = reason
         self._cancel_expiry(conn)
         conn.expiry = asyncio.get_running_loop().call_later(self.recovery_window, self._expire, conn)
         logger.info("detached sid=%s reason=%s (kept %g s)", conn.sid, reason, self.recovery_window)
+
+    def _undetach(self: SocketServer, conn: Connection) -> None:
+        """Give back the place a kept session held (it resumes, moves or ends)."""
+        if conn.detached:
+            conn.detached = False
+            left = self._kept[conn.address] - 1
+            if left:
+                self._kept[conn.address] = left
+            else:
+                del self._kept[conn.address]
 
     def _expire(self: SocketServer, conn: Connection) -> None:
         if conn.detached and self._connections.get(conn.sid) is conn:
@@ -139,6 +156,7 @@ class Recovery:
 
     def _attach(self: SocketServer, conn: Connection, ws: ServerConnection) -> None:
         """Give a kept session its new socket."""
+        self._undetach(conn)
         conn.ws = ws
         conn.detached = False
         conn.close_reason = None
@@ -203,6 +221,7 @@ class Recovery:
             return None
         frames = log[len(log) - recent :] if recent else []
         self._cancel_expiry(conn)
+        self._undetach(conn)
         if conn.worker is not None:
             conn.worker.cancel()
         self._fail_pending(conn)
@@ -241,7 +260,7 @@ class Recovery:
         conn.next_ack_id = state["next_ack_id"]
         for id in state["seen"]:
             conn.handled_before(id)
-        conn.hold = []
+        conn.hold, conn.held = [], 0
         rest = await self.backplane.finish_claim(claim["node"], conn.sid, claim["mark"], CLAIM_TIMEOUT)
         held, conn.hold = conn.hold, None
         if rest is None:

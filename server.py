@@ -253,6 +253,7 @@ class SocketServer(Recovery):
         self._handlers: dict[str, dict[str, _Handler]] = {DEFAULT_NAMESPACE: {}}
         self._connections: dict[str, Connection] = {}
         self._per_address: dict[str, int] = {}
+        self._kept: dict[str, int] = {}  # sessions kept for recovery, per address
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._to_flush: list[Connection] = []
@@ -422,6 +423,8 @@ class SocketServer(Recovery):
             if self.backplane is not None and sid not in self._connections:
                 self.backplane.publish("enter_room", namespace=namespace, sid=sid, room=room)
             return
+        if room in self.registry.rooms(namespace, sid):
+            return  # already in it: joining again changes nothing
         if self.registry.room_count(namespace, sid) >= self.max_rooms + 1:  # + its own sid room
             raise LimitExceededError(f"more than {self.max_rooms} rooms")
         self.registry.enter_room(namespace, sid, room)
@@ -583,6 +586,10 @@ class SocketServer(Recovery):
         if pending:
             logger.warning("%d connection(s) still closing at shutdown", len(self._connections))
             closed.cancel()
+        # Sessions kept for recovery have no socket left to close: end them too, handlers included.
+        for conn in [conn for conn in self._connections.values() if conn.detached]:
+            self._cancel_expiry(conn)
+            await self._end(conn, SERVER_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
         if self.backplane is not None:
@@ -621,22 +628,33 @@ class SocketServer(Recovery):
     # -- HTTP on the same port ---------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if request.headers.get("Upgrade", "").lower() != "websocket":
+        # get_all(): a repeated header is the client's error (4xx), never a 500 with a traceback.
+        headers = request.headers
+        upgrades = [value.strip().lower() for value in headers.get_all("Upgrade")]
+        if "websocket" not in upgrades:
             return self._http(connection, request)
-        origin = request.headers.get("Origin")
-        if origin is not None and not self._origin_allowed(origin, request.headers.get("Host", "")):
+        if upgrades != ["websocket"]:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "invalid Upgrade header\n")
+        origins = headers.get_all("Origin")
+        if origins and not (len(origins) == 1 and self._origin_allowed(origins[0], headers.get_all("Host"))):
             # Cross-site WebSocket hijacking defence: browsers always send Origin.
-            logger.warning("refused origin %s", _safe(origin))
+            logger.warning("refused origin %s", _safe(", ".join(origins)))
             return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None
 
-    def _origin_allowed(self, origin: str, host: str) -> bool:
+    def _origin_allowed(self, origin: str, hosts: list[str]) -> bool:
         if self.allowed_origins == "*":
             return True
         if origin in self.allowed_origins:
             return True
+        if len(hosts) != 1:
+            return False
         # Same origin: compare the parsed host[:port] exactly, never by substring.
-        return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # e.g. "http://[": not a URL at all
+            return False
+        return bool(hosts[0]) and netloc.lower() == hosts[0].lower()
 
     def _http(self, connection: ServerConnection, request: Request) -> Response:
         path = urlsplit(request.path).path
@@ -696,7 +714,8 @@ class SocketServer(Recovery):
                 self._per_address[address] = remaining
             else:
                 del self._per_address[address]
-            if conn.ws is ws and not conn.detached:  # else a newer socket took the session over
+            # Else a newer socket took the session over, or it moved to another node.
+            if conn.ws is ws and not conn.detached and self._connections.get(conn.sid) is conn:
                 reason = conn.close_reason or close_reason(ws)
                 if self._keeps(conn, reason):
                     self._detach(conn, reason)
@@ -710,6 +729,7 @@ class SocketServer(Recovery):
 
     async def _end(self, conn: Connection, reason: str) -> None:
         """End a session: run each namespace's disconnect handler exactly once, forget it."""
+        self._undetach(conn)
         if conn.worker is not None:
             conn.worker.cancel()
         self._fail_pending(conn)
@@ -807,7 +827,8 @@ class SocketServer(Recovery):
             self._refuse(conn, envelope, "not_connected", f"not connected to namespace {namespace!r}")
             return None
         handlers = self._handlers[namespace]
-        handler = handlers.get(event)
+        # '*' names the catch-all, not an event a client can call it with directly.
+        handler = handlers.get(event) if event != "*" else None
         args: tuple[Any, ...] = (envelope.data,)
         if handler is None:
             handler = handlers.get("*")
@@ -907,7 +928,7 @@ class SocketServer(Recovery):
         if handler is None:
             self._settle_connect(conn, namespace, None)
             return None
-        conn.hold = []
+        conn.hold, conn.held = [], 0
         if handler.is_async:
             return self._connect_async(conn, namespace, handler, auth)
         try:
