@@ -18,3 +18,5 @@ fi
 
 ruff check .
 python -m pytest "$@"
+# Short runs of the soak and the benchmark: they must complete, with nothing lost.
+python scripts/soak.py --quick
