@@ -51,6 +51,7 @@ class Connection:
     __slots__ = (
         "address",
         "backlog",
+        "backlog_bytes",
         "close_reason",
         "detached",
         "dirty",
@@ -93,7 +94,8 @@ class Connection:
         self.tokens = float(server.rate_burst)
         self.stamp = time.monotonic()
         self.refused = 0  # frames refused in a row by the rate limit
-        self.backlog: deque[Envelope] | None = None  # frames waiting for an async handler
+        self.backlog: deque[tuple[Envelope, int]] | None = None  # frames (and sizes) behind an async handler
+        self.backlog_bytes = 0
         self.worker: asyncio.Task[None] | None = None
         self.hold: list[bytes] | None = None  # frames held back while a connect handler runs
         self.held = 0  # bytes in hold (reset with it)

@@ -57,6 +57,7 @@ from connection import (
     SERVER_SHUTDOWN,
     SLOW_CONSUMER,
     TOO_MANY_CONNECTIONS,
+    TRANSPORT_CLOSE,
     CallTimeoutError,
     ClientDisconnectedError,
     Connection,
@@ -201,6 +202,7 @@ class SocketServer(Recovery):
         max_rooms: int = 256,
         max_pending_acks: int = 256,
         max_backlog: int = 1024,
+        max_backlog_bytes: int = 4 * 2**20,
         rate_limit: float = 100.0,
         rate_burst: int = 200,
         max_connections: int = 10_000,
@@ -231,6 +233,7 @@ class SocketServer(Recovery):
         self.max_rooms = max_rooms
         self.max_pending_acks = max_pending_acks
         self.max_backlog = max_backlog
+        self.max_backlog_bytes = max_backlog_bytes
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
         self.max_connections = max_connections
@@ -723,9 +726,19 @@ class SocketServer(Recovery):
                     await self._end(conn, reason)
 
     def _over_connection_limit(self, conn: Connection) -> bool:
-        if len(self._connections) >= self.max_connections:
+        if len(self._connections) >= self.max_connections and not self._evict_kept_session():
             return True
         return self._per_address.get(conn.address, 0) >= self.max_connections_per_address
+
+    def _evict_kept_session(self) -> bool:
+        """Make room for a live client by ending the oldest session kept for recovery."""
+        for kept in self._connections.values():
+            if kept.detached:
+                self._cancel_expiry(kept)
+                self._undetach(kept)
+                self.start_background_task(self._end, kept, kept.close_reason or TRANSPORT_CLOSE)
+                return True
+        return False
 
     async def _end(self, conn: Connection, reason: str) -> None:
         """End a session: run each namespace's disconnect handler exactly once, forget it."""
@@ -784,10 +797,12 @@ class SocketServer(Recovery):
             conn.send_control(HEARTBEAT_FRAME)
         elif conn.backlog is not None:
             # An async handler is running: keep the client's order by queueing behind it.
-            if len(conn.backlog) >= self.max_backlog:
+            size = len(text)
+            if len(conn.backlog) >= self.max_backlog or conn.backlog_bytes + size > self.max_backlog_bytes:
                 self._refuse(conn, envelope, "limit_exceeded", "too many frames waiting for a handler")
             else:
-                conn.backlog.append(envelope)
+                conn.backlog.append((envelope, size))
+                conn.backlog_bytes += size
         else:
             pending = self._process(conn, envelope)
             if pending is not None:
@@ -803,12 +818,15 @@ class SocketServer(Recovery):
                 await pending
                 next_pending = None
                 while backlog and next_pending is None:
-                    next_pending = self._process(conn, backlog.popleft())
+                    envelope, size = backlog.popleft()
+                    conn.backlog_bytes -= size
+                    next_pending = self._process(conn, envelope)
                 if next_pending is None:
                     return
                 pending = next_pending
         finally:
             conn.backlog = None
+            conn.backlog_bytes = 0
             conn.worker = None
 
     def _process(self, conn: Connection, envelope: Envelope) -> Awaitable[None] | None:
@@ -1081,6 +1099,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-namespaces", type=int, default=32)
     add("--max-rooms", type=int, default=256)
     add("--max-pending-acks", type=int, default=256)
+    add("--max-backlog", type=int, default=1024, help="frames queued behind a busy async handler")
+    add("--max-backlog-bytes", type=int, default=4 * 2**20, help="bytes queued behind a busy async handler")
     add("--rate-limit", type=float, default=100.0, help="frames per second per connection")
     add("--rate-burst", type=int, default=200)
     add("--max-connections", type=int, default=10_000)

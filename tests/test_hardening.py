@@ -1491,3 +1491,43 @@ async def fuzz(errors: ErrorRecords) -> None:
 
 async def still_works_probe(client: Wire) -> None:
     assert (await client.call("probe", 5, id=1))["data"] == 5
+
+
+async def test_kept_sessions_make_room_for_live_clients(opened: Any) -> None:
+    """At max_connections, the oldest session kept for recovery ends so a live client gets in."""
+    socketio = SocketServer(recovery_window=30, max_connections=3)
+    reasons: list[tuple[str, str]] = []
+    socketio.on_event("disconnect", lambda reason: reasons.append((request.sid, reason)))
+    async with running(socketio) as url:
+        dropped = [await opened(url) for _ in range(3)]
+        for client in dropped:
+            client.abort()
+        await until(lambda: sum(c.detached for c in socketio._connections.values()) == 3)
+        newcomer = await opened(url)
+        assert newcomer.hello["event"] == "connect" and newcomer.hello["data"]["recovered"] is False
+        await until(lambda: reasons == [(dropped[0].sid, "transport close")])
+        assert socketio.connection_count() == 3
+
+
+async def test_backlog_behind_a_busy_handler_is_bounded_in_bytes(opened: Any) -> None:
+    """Frames queued behind a running async handler are refused past max_backlog_bytes."""
+    socketio = SocketServer(max_backlog_bytes=350_000)  # three frames of ~100 KB fit, not four
+    release = asyncio.Event()
+
+    @socketio.on("slow")
+    async def slow() -> None:
+        await release.wait()
+
+    @socketio.on("bulk")
+    def bulk(data: str) -> int:
+        return len(data)
+
+    async with running(socketio) as url:
+        client = await opened(url)
+        await client.send("slow")
+        for i in range(4):
+            await client.send("bulk", "x" * 100_000, id=i)
+        refused = await client.expect("error")
+        assert refused["id"] == 3 and refused["data"]["code"] == "limit_exceeded"
+        release.set()
+        assert [(await client.expect("ack"))["id"] for _ in range(3)] == [0, 1, 2]
