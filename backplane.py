@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import time
 from collections import deque
@@ -65,11 +66,20 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     "query_reply": {"query_id": str, "sids": _STR_LIST, "count": int},
     "ping": {"ping": int},
     "claim": {"claim_id": str, "reply_to": str, "key": str, "offset": (str, type(None))},
-    "claim_reply": {"claim_id": str, "ok": bool, "sid": str, "state": (dict, type(None)), "frames": list, "mark": int},
+    "claim_reply": {
+        "claim_id": str,
+        "found": bool,
+        "ok": bool,
+        "sid": str,
+        "state": (dict, type(None)),
+        "frames": list,
+        "mark": int,
+    },
     "finish": {"claim_id": str, "reply_to": str, "sid": str, "mark": int},
     "finish_reply": {"claim_id": str, "frames": _STR_LIST},
 }
 REPLIES = frozenset({"call_reply", "query_reply", "claim_reply", "finish_reply"})
+_NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # node names end up in logs: nothing else gets in
 MAX_TRACKED_SENDERS = 1_000  # senders whose sequence numbers a node remembers
 
 
@@ -92,8 +102,8 @@ def parse_message(raw: bytes | str) -> dict[str, Any]:
     if type(message) is not dict or message.get("v") != VERSION:
         raise BackplaneError("not a version 1 message")
     schema = _SCHEMA.get(message.get("kind"))  # type: ignore[arg-type]
-    if schema is None or type(message.get("node")) is not str:
-        raise BackplaneError("unknown kind or missing node")
+    if schema is None or type(message.get("node")) is not str or not _NODE.fullmatch(message["node"]):
+        raise BackplaneError("unknown kind or invalid node")
     for field, expected in schema.items():
         value = message.get(field)
         if expected == _STR_LIST:
@@ -247,7 +257,11 @@ class RedisBackplane:
             self._wakeup.clear()
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
-                await self._publish_batch(batch)
+                try:
+                    await self._publish_batch(batch)
+                except Exception:  # our bug: count and log it, keep publishing
+                    self._count_lost(len(batch), "unexpected error")
+                    logger.exception("publishing to Redis failed")
 
     async def _publish_batch(self, batch: list[tuple[str, str]]) -> None:
         expected = len(self.alive_nodes())
@@ -347,9 +361,12 @@ class RedisBackplane:
             if replies is not None:
                 replies.put_nowait(message)
         elif kind == "claim":
+            # Every node answers, so that an unknown token is settled in one round trip.
             released = self.server.release_session(message["key"], message["offset"])
-            if released is not None:
-                self._reply(message["reply_to"], "claim_reply", claim_id=message["claim_id"], **released)
+            reply = released or {"ok": False, "sid": "", "state": None, "frames": [], "mark": 0}
+            self._reply(
+                message["reply_to"], "claim_reply", claim_id=message["claim_id"], found=released is not None, **reply
+            )
         elif kind == "finish":
             frames = self.server.finish_release(message["sid"], message["mark"])
             self._reply(message["reply_to"], "finish_reply", claim_id=message["claim_id"], frames=frames)
@@ -382,6 +399,8 @@ class RedisBackplane:
                 await self._beat()
             except (redis.RedisError, OSError, TimeoutError) as exc:
                 self._set_link(reachable=False, why=exc)
+            except Exception:  # our bug: log it, keep the heartbeat going
+                logger.exception("heartbeat failed")
             else:
                 self._set_link(reachable=True)
             self._check_deaf()
@@ -417,8 +436,10 @@ class RedisBackplane:
 
     # -- Requests to other nodes: calls and queries -------------------------------------------
 
-    async def _gather_replies(self, kind: str, id_field: str, wait: float, **fields: Any) -> list[dict[str, Any]]:
-        """Publish a request and collect one reply per other alive node, until ``timeout``."""
+    async def _gather_replies(
+        self, kind: str, id_field: str, wait: float, stop: Any = None, **fields: Any
+    ) -> list[dict[str, Any]]:
+        """Publish a request; collect one reply per other alive node (or until ``stop(reply)``)."""
         request_id = secrets.token_hex(8)
         replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._waiters[request_id] = replies
@@ -431,6 +452,8 @@ class RedisBackplane:
                     reply = await replies.get()
                     others.discard(reply["node"])
                     collected.append(reply)
+                    if stop is not None and stop(reply):
+                        break
         except TimeoutError:
             pass
         finally:
@@ -459,7 +482,10 @@ class RedisBackplane:
 
     async def claim(self, key: str, offset: str | None, wait: float) -> dict[str, Any] | None:
         """Ask the node holding the session of token digest ``key`` to hand it over."""
-        return await self._first_reply("claim", self.channel, wait, key=key, offset=offset)
+        for reply in await self._gather_replies("claim", "claim_id", wait, key=key, offset=offset, stop=_found):
+            if reply["found"]:
+                return reply
+        return None
 
     async def finish_claim(self, node: str, sid: str, mark: int, wait: float) -> list[str] | None:
         """Take the frames ``node`` recorded for ``sid`` since ``mark``; the session leaves ``node``."""
@@ -540,6 +566,10 @@ class Emitter:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def _found(reply: dict[str, Any]) -> bool:
+    return bool(reply.get("found"))
 
 
 def _as_list(value: str | Iterable[str] | None) -> list[str] | None:

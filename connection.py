@@ -58,6 +58,7 @@ class Connection:
         "expiry",
         "held",
         "hold",
+        "inflight",
         "log",
         "log_bytes",
         "log_count",
@@ -67,6 +68,7 @@ class Connection:
         "pending",
         "progress",
         "refused",
+        "resumed",
         "seen",
         "server",
         "sessions",
@@ -110,7 +112,9 @@ class Connection:
         self.log_bytes = 0
         self.log_count = 0  # frames ever recorded
         self.log_evicted = False
-        self.seen: tuple[set[int], deque[int]] | None = None  # ids of client frames handled
+        self.seen: tuple[set[int], deque[int]] | None = None  # ids of client frames accepted
+        self.inflight: set[int] = set()  # of those, the ones not answered yet
+        self.resumed = False  # a resumed session drops frames whose id it has seen
         self.detached = False  # the socket dropped; the session waits for its client
         self.dirty = False  # frames wait in the protocol for this iteration's flush
         self.expiry: asyncio.TimerHandle | None = None
@@ -121,10 +125,9 @@ class Connection:
             # Held frames are buffered too: a slow or stuck connect handler must not make
             # the server hold more for this client than max_send_buffer.
             self.held += len(frame)
+            self.hold.append(frame)
             if self.held > self.server.max_send_buffer:
                 self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
-                return
-            self.hold.append(frame)
             return
         if self.server.recovery_window:
             self.record(frame)
@@ -227,6 +230,10 @@ class Connection:
         """
         if self.close_reason is None:
             self.close_reason = why
+        if self.hold:
+            # Held frames die with the socket and were never recorded: a resume must not hide
+            # that gap, so this session can only start afresh.
+            self.log, self.log_bytes, self.log_evicted = None, 0, True
         self.hold = None
         ws = self.ws
         if ws.protocol.state is OPEN:
@@ -235,7 +242,7 @@ class Connection:
                 ws.send_data()
             except Exception:
                 pass
-        asyncio.get_running_loop().call_later(self.server.close_timeout, ws.transport.abort)
+            asyncio.get_running_loop().call_later(self.server.close_timeout, ws.transport.abort)
 
     def expect_ack(self) -> tuple[int, asyncio.Future[Any]]:
         if len(self.pending) >= self.server.max_pending_acks:

@@ -110,6 +110,7 @@ class Recovery:
 
     def _expire(self: SocketServer, conn: Connection) -> None:
         if conn.detached and self._connections.get(conn.sid) is conn:
+            self._forget_token(conn)  # at once: no resume may slip in before the session ends
             self.start_background_task(self._end, conn, conn.close_reason or "transport close")
 
     # -- Resuming on this node ---------------------------------------------------------------
@@ -133,7 +134,7 @@ class Recovery:
             logger.info("recovery refused: unknown, used or expired token")
             return None
         conn = self._connections.get(sid)
-        if conn is None:
+        if conn is None or not _resumable(conn):
             return None
         if not conn.detached:
             # The client saw the drop before we did: the old socket is dead, take over.
@@ -173,6 +174,7 @@ class Recovery:
             conn.send_control(self._connect_frame(conn, namespace, recovered=True))
         for frame in frames:
             conn.write(frame)
+        conn.resumed = True
         logger.info("recovered sid=%s address=%s replayed=%d", conn.sid, conn.address, len(frames))
 
     # -- Handing a session over to another node -----------------------------------------------
@@ -188,6 +190,8 @@ class Recovery:
         if sid is None:
             return None
         conn = self._connections[sid]
+        if not _resumable(conn):
+            return {"ok": False, "sid": sid, "state": None, "frames": [], "mark": 0}
         if not conn.detached:
             conn.ws.transport.abort()
             self._detach(conn, "transport close")
@@ -202,9 +206,11 @@ class Recovery:
             return {"ok": False, "sid": sid, "state": None, "frames": [], "mark": 0}
         state.update(
             namespaces={ns: sorted(self.registry.rooms(ns, sid) - {sid}) for ns in conn.namespaces},
-            seen=sorted(conn.seen[0]) if conn.seen else [],
+            # Ids still being handled are left out: their re-send must run here again.
+            seen=sorted(conn.seen[0] - conn.inflight) if conn.seen else [],
             next_ack_id=conn.next_ack_id,
         )
+        self._released.add(sid)
         return {"ok": True, "sid": sid, "state": state, "frames": [f.decode() for f in frames], "mark": conn.log_count}
 
     def finish_release(self: SocketServer, sid: str, mark: int) -> list[str] | None:
@@ -213,8 +219,9 @@ class Recovery:
         Returns None when the session is gone or some of those frames were evicted.
         """
         conn = self._connections.get(sid)
-        if conn is None or not conn.detached:
+        if conn is None or not conn.detached or sid not in self._released:
             return None
+        self._released.discard(sid)
         log = list(conn.log or ())
         recent = conn.log_count - mark
         if recent > len(log):
@@ -246,6 +253,8 @@ class Recovery:
         try:
             state = _checked_state(claim["state"])
             frames = [_checked_frame(text) for text in claim["frames"]]
+            if any(namespace not in self._handlers for namespace in state["namespaces"]):
+                raise ValueError("a namespace this node does not serve")
         except (ProtocolError, KeyError, TypeError, ValueError):
             logger.warning("recovery refused: invalid session state from node %s", claim["node"])
             return None
@@ -262,20 +271,29 @@ class Recovery:
             conn.handled_before(id)
         conn.hold, conn.held = [], 0
         rest = await self.backplane.finish_claim(claim["node"], conn.sid, claim["mark"], CLAIM_TIMEOUT)
-        held, conn.hold = conn.hold, None
-        if rest is None:
+        held, conn.hold = conn.hold or [], None
+        try:
+            rest_frames = None if rest is None else [_checked_frame(text) for text in rest]
+        except ProtocolError:
+            rest_frames = None
+        if rest_frames is None or conn.close_reason is not None:
             for namespace in conn.namespaces:
                 self.registry.disconnect(namespace, conn.sid)
             del self._connections[conn.sid]
             logger.info("recovery refused: node %s did not finish the hand-over", claim["node"])
             return None
-        frames += [_checked_frame(text) for text in rest]
+        frames += rest_frames
         sent = {_offset_of(frame) for frame in frames}
         frames += [frame for frame in held if _offset_of(frame) not in sent]  # the overlap, once
         for frame in frames:
             conn.record(frame)
         self._greet_recovered(conn, frames)
         return conn
+
+
+def _resumable(conn: Connection) -> bool:
+    """A session the server is closing on purpose (kick, rate limit, shutdown) never resumes."""
+    return conn.close_reason is None or conn.close_reason in RECOVERABLE
 
 
 def _checked_frame(text: str) -> bytes:

@@ -246,6 +246,7 @@ class SocketServer(Recovery):
         self.recovery_max_events = recovery_max_events
         self.recovery_max_bytes = recovery_max_bytes
         self._tokens: dict[str, str] = {}  # token digest -> sid
+        self._released: set[str] = set()  # sids being handed over to another node
         self._offset_prefix = secrets.token_hex(4)  # offsets stay unique across a cluster
         self._offset_count = 0
         self.channel = channel
@@ -313,6 +314,10 @@ class SocketServer(Recovery):
         """
         offset = self._next_offset() if self.recovery_window else None
         frame = encode(event, data, namespace, None, offset).encode()
+        if to is not None and not isinstance(to, str):
+            to = list(to)  # read an iterator once, for this node and the others
+        if skip_sid is not None and not isinstance(skip_sid, str):
+            skip_sid = list(skip_sid)
         count = self._deliver(namespace, frame, to, skip_sid)
         if self.backplane is not None and not (isinstance(to, str) and to in self._connections):
             # Deliver locally first, then let the other nodes deliver to theirs.
@@ -515,7 +520,13 @@ class SocketServer(Recovery):
                 self.backplane.publish("disconnect", namespace=namespace, sid=sid)
             return
         if namespace is None:
-            conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
+            self._forget_token(conn)  # a kicked client must not resume its session
+            if conn.detached:
+                self._cancel_expiry(conn)
+                self._undetach(conn)
+                self._spawn(self._end(conn, SERVER_DISCONNECT))
+            else:
+                conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
         elif namespace in conn.namespaces:
             self._spawn(self._leave(conn, namespace, SERVER_DISCONNECT, notify=True))
 
@@ -726,15 +737,16 @@ class SocketServer(Recovery):
                     await self._end(conn, reason)
 
     def _over_connection_limit(self, conn: Connection) -> bool:
-        if len(self._connections) >= self.max_connections and not self._evict_kept_session():
+        if self._per_address.get(conn.address, 0) >= self.max_connections_per_address:
             return True
-        return self._per_address.get(conn.address, 0) >= self.max_connections_per_address
+        return len(self._connections) >= self.max_connections and not self._evict_kept_session()
 
     def _evict_kept_session(self) -> bool:
         """Make room for a live client by ending the oldest session kept for recovery."""
         for kept in self._connections.values():
             if kept.detached:
                 self._cancel_expiry(kept)
+                self._forget_token(kept)
                 self._undetach(kept)
                 self.start_background_task(self._end, kept, kept.close_reason or TRANSPORT_CLOSE)
                 return True
@@ -776,12 +788,12 @@ class SocketServer(Recovery):
         return False
 
     def _on_binary(self, conn: Connection) -> None:
-        if self._admit(conn):
+        if conn.close_reason is None and self._admit(conn):
             conn.send(self._error("binary_unsupported", "binary frames are not part of protocol v1"))
 
     def _on_text(self, conn: Connection, text: str) -> None:
-        if not self._admit(conn):
-            return
+        if conn.close_reason is not None or not self._admit(conn):
+            return  # closing: what the client still sends is not handled
         try:
             envelope = decode(text, max_depth=self.max_depth, max_event_length=self.max_event_length)
         except ProtocolError as exc:
@@ -790,8 +802,8 @@ class SocketServer(Recovery):
         event = envelope.event
         if event == ACK:
             self._resolve_ack(conn, envelope)
-        elif self.recovery_window and envelope.id is not None and conn.handled_before(envelope.id):
-            # Re-sent after a resume: it was handled, and its ack was among the replayed frames.
+        elif self.recovery_window and envelope.id is not None and self._seen_before(conn, envelope.id):
+            # Re-sent after a resume: it was handled (its ack was replayed) or is still running.
             return
         elif event == HEARTBEAT:
             conn.send_control(HEARTBEAT_FRAME)
@@ -892,12 +904,20 @@ class SocketServer(Recovery):
         finally:
             current.reset(token)
 
+    def _seen_before(self, conn: Connection, id: int) -> bool:
+        """Record a client frame id; tell whether to drop the frame as a re-send after a resume."""
+        if conn.handled_before(id):
+            return conn.resumed  # plain v1 clients may reuse ids: only resumed sessions dedupe
+        conn.inflight.add(id)
+        return False
+
     def _ack(self, conn: Connection, envelope: Envelope, result: Any) -> None:
         try:
             frame = self.frame(ACK, result, envelope.namespace, envelope.id)
         except (TypeError, ValueError) as exc:
             self._handler_failed(conn, envelope, exc)
             return
+        conn.inflight.discard(envelope.id)  # type: ignore[arg-type]
         conn.send(frame)
 
     def _handler_failed(self, conn: Connection, envelope: Envelope, exc: Exception) -> None:
@@ -914,6 +934,8 @@ class SocketServer(Recovery):
         self._refuse(conn, envelope, "handler_error", "the event handler failed")
 
     def _refuse(self, conn: Connection, envelope: Envelope, code: str, message: str) -> None:
+        if envelope.id is not None:
+            conn.inflight.discard(envelope.id)
         conn.send(self._error(code, message, envelope.namespace, envelope.id))
 
     def _resolve_ack(self, conn: Connection, envelope: Envelope) -> None:
@@ -989,16 +1011,18 @@ class SocketServer(Recovery):
             return
         conn.namespaces.discard(namespace)
         handler = self._handlers[namespace].get(DISCONNECT)
-        if handler is not None:
-            try:
-                if handler.is_async:
-                    await self._run_async(conn, namespace, handler, (reason,))
-                else:
-                    self._run(conn, namespace, handler, (reason,))
-            except Exception:
-                logger.exception("disconnect handler of %s failed (sid=%s)", _safe(namespace), conn.sid)
-        self.registry.disconnect(namespace, conn.sid)
-        conn.sessions.pop(namespace, None)
+        try:
+            if handler is not None and handler.is_async:
+                await self._run_async(conn, namespace, handler, (reason,))
+            elif handler is not None:
+                self._run(conn, namespace, handler, (reason,))
+        except Exception:
+            logger.exception("disconnect handler of %s failed (sid=%s)", _safe(namespace), conn.sid)
+        finally:
+            # Even when cancelled; and not if the client joined again while the handler ran.
+            if namespace not in conn.namespaces:
+                self.registry.disconnect(namespace, conn.sid)
+                conn.sessions.pop(namespace, None)
         if notify:
             conn.send(self.frame(DISCONNECT, None, namespace))
 

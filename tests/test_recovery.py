@@ -293,3 +293,48 @@ async def test_resume_on_another_node_through_redis(redis_server: Any, opened: A
         assert (await client.next())["data"] == "from a"
         await client.wire.send("recall", None, "/test", id=1)
         assert (await client.next())["data"] == "pear"
+
+
+async def test_a_kicked_client_can_not_resume(opened: Any) -> None:
+    """disconnect(sid) ends a session for good, whether its socket is gone or still open."""
+    socketio, seen = make_app()
+    async with running(socketio) as url:
+        dropped = await joined(url, opened)
+        dropped.wire.abort()
+        await until(lambda: socketio._connections[dropped.wire.sid].detached)
+        socketio.disconnect(dropped.wire.sid)
+        await until(lambda: (dropped.wire.sid, "server disconnect") in seen["disconnects"])
+        assert (await dropped.resume(url, opened))["data"]["recovered"] is False
+
+        kicked = await joined(url, opened)
+        socketio.disconnect(kicked.wire.sid)  # the client ignores the 4001 and comes back at once
+        assert (await kicked.resume(url, opened))["data"]["recovered"] is False
+
+
+async def test_v1_clients_may_reuse_ids_with_recovery_on(opened: Any) -> None:
+    """Without a resume, a frame is never dropped for reusing an id (wscat users type id 1 often)."""
+    socketio, seen = make_app()
+    async with running(socketio) as url:
+        client = await joined(url, opened)
+        for item in ("tea", "cake"):
+            await client.wire.send("order", item, "/test", id=1)
+            assert (await client.next())["data"] == f"ordered {item}"
+        assert seen["handled"] == ["tea", "cake"]
+
+
+async def test_unknown_token_gets_a_fresh_session_quickly_in_a_cluster(redis_server: Any, opened: Any) -> None:
+    """Every node answers a claim, so an unknown token costs one round trip, not a timeout."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for _ in range(2):
+            node, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
+            nodes.append((node, await stack.enter_async_context(running(node))))
+        (a, url_a), (b, _) = nodes
+        await until(lambda: len(a.backplane.alive_nodes()) == 2 and len(b.backplane.alive_nodes()) == 2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        fresh = await opened(f"{url_a}/?recover=unknown-token")
+        assert fresh.hello["data"]["recovered"] is False
+        assert loop.time() - started < 1.0

@@ -767,3 +767,40 @@ async def test_http_pages_and_health(app: SocketServer, opened: Any) -> None:
     assert health["status"] == "ok" and health["connections"] == 1
     status, _, _ = await asyncio.to_thread(http_get, base + "/nope")
     assert status == 404
+
+
+async def test_leaving_with_an_async_handler_then_closing_leaves_nothing(opened: Any) -> None:
+    """A disconnect handler cut short by the socket closing still takes the client out of the registry."""
+    socketio = SocketServer()
+    started = asyncio.Event()
+
+    @socketio.on("disconnect", namespace="/slow")
+    async def slow_goodbye(reason: str) -> None:
+        started.set()
+        await asyncio.sleep(30)
+
+    socketio.on_event("connect", lambda: None, namespace="/slow")
+    async with running(socketio) as url:
+        client = await opened(url)
+        await client.join("/slow")
+        await client.send("disconnect", None, "/slow")
+        await started.wait()
+        await client.close()
+        await until(lambda: socketio.connection_count() == 0)
+        assert socketio.registry.is_empty()
+
+
+async def test_frames_after_a_server_close_are_not_handled(opened: Any) -> None:
+    """Once the server closes a socket (a kick), what the client still sends reaches no handler."""
+    socketio = SocketServer()
+    calls: list[Any] = []
+    socketio.on_event("note", calls.append)
+    async with running(socketio) as url:
+        client = await opened(url)
+        socketio.disconnect(client.sid)
+        for i in range(5):
+            await client.send("note", i)
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await client.recv()
+        assert calls == []
