@@ -13,6 +13,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from protocol import CloseCode, Envelope, offset_suffix
@@ -119,8 +120,12 @@ class Connection:
         self.dirty = False  # frames wait in the protocol for this iteration's flush
         self.expiry: asyncio.TimerHandle | None = None
 
-    def send(self, frame: bytes) -> None:
-        """Queue one text frame without waiting: no single client can delay the others."""
+    def send(self, frame: bytes, wire: bytes | None = None) -> None:
+        """Queue one text frame without waiting: no single client can delay the others.
+
+        ``wire`` is the frame already serialized by :func:`wire_frame`, shared by the
+        recipients of a broadcast.
+        """
         if self.hold is not None:
             # Held frames are buffered too: a slow or stuck connect handler must not make
             # the server hold more for this client than max_send_buffer.
@@ -131,7 +136,7 @@ class Connection:
             return
         if self.server.recovery_window:
             self.record(frame)
-        self.write(frame)
+        self.write(frame, wire)
 
     def send_control(self, frame: bytes) -> None:
         """Send a frame that is never replayed (connect, heartbeat)."""
@@ -174,7 +179,7 @@ class Connection:
             ids.discard(order.popleft())
         return False
 
-    def write(self, frame: bytes) -> None:
+    def write(self, frame: bytes, wire: bytes | None = None) -> None:
         """Frame ``frame`` now; hand it to the socket at the end of this loop iteration.
 
         Frames queued for one client in one iteration leave in one write (one system call
@@ -192,7 +197,12 @@ class Connection:
             if ws.transport.get_write_buffer_size() > limit:
                 self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
                 return
-        ws.protocol.send_text(frame)
+        if wire is not None and not ws.protocol.extensions:
+            # The same bytes for every recipient: serialized once per broadcast, not per client
+            # (without extensions a server's text frame is the same for everyone, RFC 6455 5.1).
+            ws.protocol.writes.append(wire)
+        else:
+            ws.protocol.send_text(frame)
         self.written += len(frame)
         self.unflushed += len(frame)
         if not self.dirty:
@@ -251,6 +261,11 @@ class Connection:
         future = asyncio.get_running_loop().create_future()
         self.pending[self.next_ack_id] = future
         return self.next_ack_id, future
+
+
+def wire_frame(payload: bytes) -> bytes:
+    """Serialize a server's unfragmented, unmasked text frame carrying ``payload``."""
+    return Frame(Opcode.TEXT, payload).serialize(mask=False)
 
 
 def close_reason(ws: ServerConnection) -> str:

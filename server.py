@@ -63,6 +63,7 @@ from connection import (
     Connection,
     LimitExceededError,
     close_reason,
+    wire_frame,
 )
 from context import (
     Context,
@@ -346,12 +347,13 @@ class SocketServer(Recovery):
         if skip_sid is not None:
             recipients = recipients - ({skip_sid} if isinstance(skip_sid, str) else set(skip_sid))
         connections = self._connections
+        wire = wire_frame(frame) if len(recipients) > 1 else None
         count = 0
         # Copy: a write may fail and start a disconnect, which changes membership.
         for sid in tuple(recipients):
             conn = connections.get(sid)
             if conn is not None:
-                conn.send(frame)
+                conn.send(frame, wire)
                 count += 1
         return count
 
