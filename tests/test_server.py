@@ -804,3 +804,16 @@ async def test_frames_after_a_server_close_are_not_handled(opened: Any) -> None:
             while True:
                 await client.recv()
         assert calls == []
+
+
+async def test_broadcast_reaches_compressed_and_plain_clients(opened: Any) -> None:
+    """With compression on, a broadcast reaches clients with and without permessage-deflate."""
+    socketio = SocketServer(compression=True)
+    async with running(socketio) as url:
+        deflating = await opened(url, compression="deflate")
+        plain = await opened(url, compression=None)
+        assert deflating.ws.protocol.extensions and not plain.ws.protocol.extensions
+        for i in range(3):
+            socketio.emit("news", {"i": i, "text": "x" * 500})
+        for client in (deflating, plain):
+            assert [(await client.expect("news"))["data"]["i"] for _ in range(3)] == [0, 1, 2]
