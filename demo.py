@@ -60,7 +60,7 @@ def create_app(**options: Any) -> SocketServer:
 
     @socketio.on("disconnect", namespace="/test")
     def test_disconnect(reason: str) -> None:
-        print("Client disconnected", request.sid, reason, flush=True)
+        print("Client disconnected", request.sid, reason)
 
     return socketio
 
