@@ -90,6 +90,7 @@ import itertools
 import json
 import logging
 import random
+import signal
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -1340,6 +1341,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Ctrl-C stops --listen even when started from a shell that ignores SIGINT (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return asyncio.run(_run_cli(args))
     except KeyboardInterrupt:

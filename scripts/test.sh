@@ -20,3 +20,4 @@ ruff check .
 python -m pytest "$@"
 # Short runs of the soak and the benchmark: they must complete, with nothing lost.
 python scripts/soak.py --quick
+python bench/run.py --quick
