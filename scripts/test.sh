@@ -21,3 +21,4 @@ python -m pytest "$@"
 # Short runs of the soak and the benchmark: they must complete, with nothing lost.
 python scripts/soak.py --quick
 python bench/run.py --quick
+python bench/cluster.py --quick
