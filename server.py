@@ -41,14 +41,13 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from backplane import BackplaneError, RedisBackplane
 from connection import (
     CLIENT_DISCONNECT,
     OPEN,
@@ -115,6 +114,9 @@ __all__ = [
     "send",
     "session",
 ]
+
+if TYPE_CHECKING:
+    from backplane import RedisBackplane  # imported when used: Redis support costs memory
 
 logger = logging.getLogger("plainsocket")
 
@@ -563,6 +565,8 @@ class SocketServer(Recovery):
         self._static = _load_static()
         if self.message_queue is not None:
             # Fail before listening when Redis is unreachable: no half-working node.
+            from backplane import RedisBackplane
+
             self.backplane = RedisBackplane(
                 self, self.message_queue, channel=self.channel, heartbeat_interval=self.heartbeat_interval
             )
@@ -1175,8 +1179,12 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(**server_options(args))
     try:
         app.run(args.host, args.port, ssl=tls_context(args.certfile, args.keyfile), reuse_port=args.reuse_port)
-    except BackplaneError as exc:
-        logger.error("%s", exc)
+    except Exception as exc:
+        from backplane import BackplaneError
+
+        if not isinstance(exc, BackplaneError):
+            raise
+        logger.error("%s", exc)  # Redis unreachable at start: one clear line, no traceback
         sys.exit(1)
 
 
