@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import tracemalloc
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -96,6 +96,18 @@ async def storm(socketio: SocketServer, total: int, namespace: str = "/test") ->
         yield task
     finally:
         task.cancel()
+
+
+@asynccontextmanager
+async def two_nodes(redis_url: str) -> AsyncIterator[list[tuple[SocketServer, str]]]:
+    """Two recovering nodes on one Redis, each aware of the other; yield (node, url) pairs."""
+    async with AsyncExitStack() as stack:
+        nodes = []
+        for _ in range(2):
+            node, _ = make_app(message_queue=redis_url, heartbeat_interval=0.25)
+            nodes.append((node, await stack.enter_async_context(running(node))))
+        await until(lambda: all(len(node.backplane.alive_nodes()) == 2 for node, _ in nodes))
+        yield nodes
 
 
 async def joined(url: str, opened: Any) -> Receiver:
@@ -252,15 +264,7 @@ async def test_memory_bounded_with_1000_sessions_waiting(opened: Any) -> None:
 
 async def test_resume_on_another_node_through_redis(redis_server: Any, opened: Any) -> None:
     """Cut on node A mid-storm (emitted from both nodes), resume through node B: nothing lost or doubled."""
-    from contextlib import AsyncExitStack
-
-    async with AsyncExitStack() as stack:
-        nodes = []
-        for _ in range(2):
-            node, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
-            nodes.append((node, await stack.enter_async_context(running(node))))
-        (a, url_a), (b, url_b) = nodes
-        await until(lambda: len(a.backplane.alive_nodes()) == 2 and len(b.backplane.alive_nodes()) == 2)
+    async with two_nodes(redis_server.url) as ((a, url_a), (b, url_b)):
         client = await joined(url_a, opened)
         await client.wire.send("join", "lobby", "/test")
         await client.wire.send("remember", "pear", "/test")
@@ -324,15 +328,7 @@ async def test_v1_clients_may_reuse_ids_with_recovery_on(opened: Any) -> None:
 
 async def test_unknown_token_gets_a_fresh_session_quickly_in_a_cluster(redis_server: Any, opened: Any) -> None:
     """Every node answers a claim, so an unknown token costs one round trip, not a timeout."""
-    from contextlib import AsyncExitStack
-
-    async with AsyncExitStack() as stack:
-        nodes = []
-        for _ in range(2):
-            node, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
-            nodes.append((node, await stack.enter_async_context(running(node))))
-        (a, url_a), (b, _) = nodes
-        await until(lambda: len(a.backplane.alive_nodes()) == 2 and len(b.backplane.alive_nodes()) == 2)
+    async with two_nodes(redis_server.url) as ((_, url_a), _):
         loop = asyncio.get_running_loop()
         started = loop.time()
         fresh = await opened(f"{url_a}/?recover=unknown-token")
