@@ -686,7 +686,11 @@ class SocketServer(Recovery):
         if static is None:
             return _response(connection, HTTPStatus.NOT_FOUND, "not found\n", "text/plain; charset=utf-8")
         body, content_type = static
-        return _response(connection, HTTPStatus.OK, body, content_type)
+        response = _response(connection, HTTPStatus.OK, body, content_type)
+        if path == "/client.js":
+            # A public library: any page may import it (its sockets still pass the origin check).
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
 
     def health(self) -> dict[str, Any]:
         """Return what ``GET /healthz`` reports; status is "unhealthy" while Redis is lost."""

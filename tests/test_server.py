@@ -745,6 +745,11 @@ async def test_one_stalled_client_does_not_delay_others(opened: Any) -> None:
 # -- HTTP on the same port -------------------------------------------------------------------------
 
 
+def http_headers(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.headers
+
+
 def http_get(url: str) -> tuple[int, str, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -761,6 +766,8 @@ async def test_http_pages_and_health(app: SocketServer, opened: Any) -> None:
     assert status == 200 and content_type.startswith("text/html") and "<html" in body.lower()
     status, content_type, body = await asyncio.to_thread(http_get, base + "/client.js")
     assert status == 200 and "javascript" in content_type and "export" in body
+    cross_site = await asyncio.to_thread(http_headers, base + "/client.js")
+    assert cross_site["Access-Control-Allow-Origin"] == "*", "importable from any page"
     status, content_type, body = await asyncio.to_thread(http_get, base + "/healthz")
     assert status == 200 and content_type == "application/json"
     health = json.loads(body)
