@@ -278,6 +278,11 @@ class Namespace {
       this.drop({ text, event, id }, 'closed', 'the socket is closed');
       return;
     }
+    if (!this.wanted) {
+      // Left (or disconnected by the server): nothing would ever send it. Call connect() first.
+      this.drop({ text, event, id }, 'disconnected', `${this.name} is not connected`);
+      return;
+    }
     if (this.connected && this.buffer.length === 0 && this.manager.write(text)) {
       this.manager.markSent(id);
       return;
@@ -358,6 +363,9 @@ class Namespace {
       this.manager.write(encode('disconnect', this.name, null, null, true));
       this.markDisconnected('io client disconnect');
     }
+    // What waited for this namespace will not be sent: say so instead of letting it hang.
+    for (const entry of this.buffer.splice(0)) this.drop(entry, 'disconnected', `${this.name} left`);
+    this.settleWaiters(new SocketError('disconnected', `${this.name} left`));
     return this;
   }
 
@@ -443,7 +451,9 @@ class Namespace {
       case 'disconnect':
         // The server left us out (docs/protocol.md, "Leaving"); do not rejoin by ourselves.
         this.wanted = false;
-        return this.markDisconnected('io server disconnect');
+        this.markDisconnected('io server disconnect');
+        for (const entry of this.buffer.splice(0)) this.drop(entry, 'disconnected', `${this.name} disconnected by the server`);
+        return undefined;
       case 'error': {
         const { code = 'error', message = 'error' } = frame.data ?? {};
         return this.emitLocal('error', new SocketError(code, message, frame.data));
@@ -821,9 +831,12 @@ class Manager {
       this.giveUp(new SocketError('reconnect_failed', `gave up after ${this.attempts} attempts`));
       return;
     }
-    // "Reconnect at once" (4000) only on the first try: a server that keeps refusing us
-    // this way gets the ordinary backoff instead of a busy loop.
-    const delay = action === 'now' && this.attempts === 0 ? 0 : this.backoff(action);
+    // "Reconnect at once" (4000) at most once per reconnectDelayMax: a server that keeps
+    // greeting then dropping us this way gets the ordinary backoff instead of a busy loop.
+    const now = Date.now();
+    const atOnce = action === 'now' && this.attempts === 0 && now - (this.lastAtOnce ?? -Infinity) > this.options.reconnectDelayMax;
+    if (atOnce) this.lastAtOnce = now;
+    const delay = atOnce ? 0 : this.backoff(action === 'now' ? 'backoff' : action);
     this.attempts += 1;
     const attempt = this.attempts;
     this.reconnectTimer = setTimeout(() => {

@@ -92,6 +92,7 @@ import logging
 import random
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -535,6 +536,7 @@ class Client:
         self._close_timeout = close_timeout
         self._reconnect_delay = reconnect_delay
         self._reconnect_delay_max = reconnect_delay_max
+        self._last_at_once = float("-inf")  # when a 4000 last got an immediate reconnection
         self._reconnect_attempts = reconnect_attempts
         self._max_queue = max_queue
         self._max_buffer = max_buffer
@@ -675,6 +677,10 @@ class Client:
         if self._ws is not None:
             await self._ws.close()
         if self._reader is not None:
+            if asyncio.current_task() is self._dispatcher:
+                # Closing from a handler: the reader may wait for room in the queue this very
+                # task empties; stop it rather than wait for it.
+                self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         self._finish("the client closed the connection", CloseCode.NORMAL)
         await self._stop_dispatcher()
@@ -884,6 +890,20 @@ class Client:
                 self._finish(f"connection closed ({code}{': ' + reason if reason else ''})", code)
                 return
 
+    def _at_once_attempt(self, code: int, attempt: int) -> int:
+        """Allow "reconnect at once" (4000) at most once per ``reconnect_delay_max``.
+
+        A server that keeps greeting then dropping us with 4000 must meet a backoff, not a
+        busy loop: the attempt counter starts again after every successful greeting.
+        """
+        if code not in AT_ONCE_CODES or attempt != 0:
+            return attempt
+        now = time.monotonic()
+        if now - self._last_at_once <= self._reconnect_delay_max:
+            return 1
+        self._last_at_once = now
+        return 0
+
     async def _reconnect(self, code: int) -> bool:
         """Reconnect after a drop with close ``code``; return False when giving up."""
         attempt = -1
@@ -891,7 +911,12 @@ class Client:
             attempt += 1
             if self._reconnect_attempts is not None and attempt >= self._reconnect_attempts:
                 return False
-            delay = reconnect_delay(code, attempt, delay=self._reconnect_delay, delay_max=self._reconnect_delay_max)
+            delay = reconnect_delay(
+                code,
+                self._at_once_attempt(code, attempt),
+                delay=self._reconnect_delay,
+                delay_max=self._reconnect_delay_max,
+            )
             if delay is None:
                 logger.info("not reconnecting after close code %d", code)
                 return False
@@ -1176,7 +1201,14 @@ class Client:
     async def _dispatch(self) -> None:
         assert self._jobs is not None
         while (job := await self._jobs.get()) is not None:
-            await job()
+            try:
+                await job()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the dispatcher itself is being stopped
+                # A handler awaited something that was cancelled: the next handlers still run.
+                logger.error("a handler was cancelled", exc_info=True)
 
     async def _stop_dispatcher(self) -> None:
         """Let queued handlers finish (up to close_timeout), then stop the dispatcher."""
@@ -1191,7 +1223,7 @@ class Client:
         try:
             async with asyncio.timeout(self._close_timeout):
                 await self._jobs.put(None)
-                await asyncio.shield(dispatcher)
+                await asyncio.wait([dispatcher])  # not shield(): its outcome is not ours to raise
         except TimeoutError:
             logger.warning("handlers still running after %s s: cancelled", self._close_timeout)
             dispatcher.cancel()

@@ -578,10 +578,13 @@ def test_disconnect_button(new_page: Callable[[], Page], server: ServerProcess) 
     expect(logged(page, "Disconnected!")).to_have_count(1)
     expect(page.locator("#status")).to_have_attribute("data-state", "disconnected")
     expect(page.locator("#status")).to_contain_text("io server disconnect")
-    submit(page, "emit", emit_data="sent while out")  # buffered, not lost
+    submit(page, "emit", emit_data="sent while out")  # nothing would send it: the page is told
+    expect(page.locator("#log li", has_text="/test is not connected")).to_have_count(1)
     page.locator("#connect_button").click()
     expect(page.locator("#status")).to_have_attribute("data-state", "connected")
-    expect(logged(page, "sent while out")).to_have_count(1)
+    submit(page, "emit", emit_data="sent after rejoining")
+    expect(logged(page, "sent after rejoining")).to_have_count(1)
+    expect(logged(page, "sent while out")).to_have_count(0)
 
 
 def test_page_reconnects_after_server_restart(new_page: Callable[[], Page], server: ServerProcess) -> None:

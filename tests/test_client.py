@@ -11,7 +11,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -654,3 +654,95 @@ async def _lines(stream: asyncio.StreamReader | None, timeout: float = 10) -> As
     assert stream is not None
     while line := await asyncio.wait_for(stream.readline(), timeout):
         yield json.loads(line)
+
+
+# Scripted servers for the client's failure paths.
+
+
+async def _scripted(handler: Callable[..., Awaitable[None]]) -> Any:
+    from websockets.asyncio.server import serve
+
+    return await serve(handler, "127.0.0.1", 0)
+
+
+async def _greet(ws: Any) -> None:
+    await ws.send(json.dumps({"event": "connect", "namespace": "/", "data": {"sid": "s", "protocol": 1}}))
+
+
+async def test_repeated_slow_consumer_closes_back_off() -> None:
+    """A server that greets then closes with 4000 again and again meets a backoff, not a busy loop."""
+    opened = 0
+
+    async def handler(ws: Any) -> None:
+        nonlocal opened
+        opened += 1
+        await _greet(ws)
+        await ws.close(4000, "slow consumer")
+
+    server = await _scripted(handler)
+    client = Client(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", reconnect_delay=0.5)
+    try:
+        await client.open()
+        await until(lambda: opened >= 3, timeout=10)  # at once, then after backoffs
+        count = opened
+        await asyncio.sleep(1.0)  # the behaviour under test is the absence of a busy loop
+        assert opened - count <= 3, f"{opened - count} reconnections in 1 s"
+    finally:
+        await client.close()
+        server.close()
+
+
+async def test_close_from_a_handler_with_a_full_queue_returns() -> None:
+    """close() called inside a handler while more events wait returns instead of deadlocking."""
+
+    async def handler(ws: Any) -> None:
+        await _greet(ws)
+        for i in range(5):
+            await ws.send(json.dumps({"event": "tick", "data": i}))
+        await ws.wait_closed()
+
+    server = await _scripted(handler)
+    client = Client(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", max_pending=2, close_timeout=1)
+    closed = asyncio.Event()
+
+    @client.root.on("tick")
+    async def tick(data: int) -> None:
+        if data == 0:
+            await asyncio.sleep(0.2)  # let the reader fill the job queue
+            await client.close()
+            closed.set()
+
+    try:
+        await client.open()
+        await asyncio.wait_for(closed.wait(), 5)
+    finally:
+        server.close()
+
+
+async def test_a_cancelled_handler_does_not_stop_the_next_ones() -> None:
+    """A handler that ends in CancelledError is logged; later handlers run and close() is clean."""
+
+    async def handler(ws: Any) -> None:
+        await _greet(ws)
+        for i in range(3):
+            await ws.send(json.dumps({"event": "tick", "data": i}))
+        await ws.wait_closed()
+
+    server = await _scripted(handler)
+    client = Client(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", close_timeout=1)
+    seen: list[int] = []
+
+    @client.root.on("tick")
+    async def tick(data: int) -> None:
+        seen.append(data)
+        if data == 0:
+            sub = asyncio.ensure_future(asyncio.sleep(10))
+            sub.cancel()
+            await sub
+
+    try:
+        await client.open()
+        await until(lambda: seen == [0, 1, 2])
+        await client.close()  # must not raise CancelledError
+    finally:
+        server.close()
