@@ -164,12 +164,13 @@ class RedisBackplane:
         self._tasks: list[asyncio.Task[None]] = []
         self._lost_logged_at = 0.0
         self._lost_unlogged = 0
-        # No retries: a publish to a down Redis must fail in milliseconds, not seconds.
+        # One immediate retry, no backoff: after a Redis restart each pooled connection is stale
+        # once; a down Redis still fails a publish in milliseconds, not seconds.
         self.redis = aioredis.Redis.from_url(
             url,
             socket_timeout=max(1.0, heartbeat_interval),
             socket_connect_timeout=1.0,
-            retry=AsyncRetry(NoBackoff(), 0),
+            retry=AsyncRetry(NoBackoff(), 1),
         )
 
     @property
