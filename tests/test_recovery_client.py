@@ -104,7 +104,7 @@ def make_app(**options: Any) -> tuple[SocketServer, dict[str, list[Any]]]:
     options.setdefault("recovery_window", 30)
     options.setdefault("recovery_max_events", 5000)
     socketio = SocketServer(**options)
-    seen: dict[str, list[Any]] = {"connects": [], "disconnects": [], "orders": []}
+    seen: dict[str, list[Any]] = {"connects": [], "disconnects": [], "orders": [], "naps": []}
 
     @socketio.on("connect", namespace="/x")
     def connect() -> None:
@@ -134,6 +134,7 @@ def make_app(**options: Any) -> tuple[SocketServer, dict[str, list[Any]]]:
 
     @socketio.on("nap", namespace="/x")
     async def nap(seconds: float) -> str:
+        seen["naps"].append(seconds)  # the call reached the server
         await asyncio.sleep(seconds)
         return "rested"
 
@@ -254,12 +255,12 @@ async def test_call_in_flight_is_answered_after_recovery(lost: str) -> None:
 
 async def test_call_timeout_still_runs_while_waiting_for_recovery() -> None:
     """A call kept across a drop still times out when the client stays away too long."""
-    socketio, _ = make_app()
+    socketio, seen = make_app()
     async with running(socketio), relayed(socketio.port) as relay:
         async with Client(relay.url, **FAST) as client:
             x = await client.connect("/x")
             call = asyncio.create_task(x.call("nap", 5, timeout=0.5))
-            await asyncio.sleep(0.1)
+            await until(lambda: seen["naps"])
             relay.refuse = True
             relay.cut()
             with pytest.raises(ClientTimeoutError):
@@ -370,7 +371,7 @@ async def test_expired_window_gives_a_fresh_session() -> None:
             x = await client.connect("/x")
             old_sid = client.sid
             call = asyncio.create_task(x.call("nap", 5, timeout=30))
-            await asyncio.sleep(0.05)
+            await until(lambda: seen["naps"])
             relay.refuse = True
             relay.cut()
             await until(lambda: not client.connected)
@@ -418,7 +419,7 @@ async def test_recovery_off_behaves_as_before() -> None:
             x = await client.connect("/x")
             old_sid = client.sid
             call = asyncio.create_task(x.call("nap", 5, timeout=30))
-            await asyncio.sleep(0.05)
+            await until(lambda: seen["naps"])
             relay.refuse = True
             relay.cut()
             with pytest.raises(DisconnectedError) as dropped:
