@@ -51,11 +51,13 @@ class Connection:
 
     __slots__ = (
         "address",
+        "auth",
         "backlog",
         "backlog_bytes",
         "close_reason",
         "detached",
         "dirty",
+        "dropping",
         "expiry",
         "held",
         "hold",
@@ -117,6 +119,8 @@ class Connection:
         self.inflight: set[int] = set()  # of those, the ones not answered yet
         self.resumed = False  # a resumed session drops frames whose id it has seen
         self.detached = False  # the socket dropped; the session waits for its client
+        self.dropping: asyncio.Task[None] | None = None  # the disconnect handlers run at the drop
+        self.auth: dict[str, Any] | None = None  # namespace -> auth of its connect, for a resume
         self.dirty = False  # frames wait in the protocol for this iteration's flush
         self.expiry: asyncio.TimerHandle | None = None
 
@@ -271,6 +275,12 @@ def wire_frame(payload: bytes) -> bytes:
 def close_reason(ws: ServerConnection) -> str:
     """Tell why a connection closed, from what the closing handshake left behind."""
     protocol = ws.protocol
+    received = protocol.close_rcvd
+    if received is not None and received.code == CloseCode.SHUTDOWN and (
+        protocol.close_sent is None or protocol.close_rcvd_then_sent
+    ):
+        # A browser closing the tab or leaving the page: Socket.IO reports that as "transport close".
+        return TRANSPORT_CLOSE
     if protocol.close_rcvd is not None and protocol.close_sent is not None:
         if protocol.close_rcvd_then_sent or protocol.close_sent.reason != "keepalive ping timeout":
             return CLIENT_DISCONNECT

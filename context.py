@@ -24,6 +24,7 @@ class Context:
     server: SocketServer
     conn: Connection
     namespace: str
+    recovered: bool = False  # a connect handler run on a resume of a kept session
 
 
 current: contextvars.ContextVar[Context] = contextvars.ContextVar("plainsocket_context")
@@ -60,6 +61,11 @@ class _Request:
     @property
     def remote_address(self) -> str:
         return _context().conn.address
+
+    @property
+    def recovered(self) -> bool:
+        """In a connect handler: whether the client resumed a kept session (rooms and session back)."""
+        return _context().recovered
 
 
 class _Session(MutableMapping[str, Any]):

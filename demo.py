@@ -56,7 +56,8 @@ def create_app(**options: Any) -> SocketServer:
 
     @socketio.on("connect", namespace="/test")
     def test_connect(auth: Any) -> None:
-        emit("my response", {"data": "Connected"})
+        # Also runs when a dropped client resumes its session (its rooms are back).
+        emit("my response", {"data": "Reconnected" if request.recovered else "Connected"})
 
     @socketio.on("disconnect", namespace="/test")
     def test_disconnect(reason: str) -> None:

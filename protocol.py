@@ -52,7 +52,7 @@ class CloseCode(IntEnum):
     """WebSocket close codes the server uses (table in docs/protocol.md)."""
 
     NORMAL = 1000
-    SHUTDOWN = 1001  # RFC 6455 7.4.1 "going away"
+    SHUTDOWN = 1001  # RFC 6455 7.4.1 "going away" (a browser closing its tab sends it too)
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011

@@ -1,11 +1,14 @@
 """Connection state recovery: a client that drops comes back to the same session.
 
-When a socket drops without a closing handshake, its session (sid, namespaces, rooms,
-``session`` data, the frames sent to it) stays for ``recovery_window`` seconds, still a member
-of its rooms, recording what it would have received (within ``recovery_max_events`` and
-``recovery_max_bytes``). The client reconnects with its secret, single-use token and the
+When a socket drops without a closing handshake, the application is told at once (the
+disconnect handlers run, tracking stops counting the client), but the session (sid,
+namespaces, rooms, ``session`` data, the frames sent to it) is kept for ``recovery_window``
+seconds in a registry of its own, recording what it would have received (within
+``recovery_max_events`` and ``recovery_max_bytes``). The client reconnects with its secret, single-use token and the
 offset of the last frame it got; it receives, in order and exactly once, every frame after
-that offset before any new one (docs/protocol.md, "Extension: connection state recovery").
+that offset before any new one (docs/protocol.md, "Extension: connection state recovery");
+then the connect handlers run again, with ``request.recovered`` true. A session that expires
+runs nothing more.
 
 Across a cluster the token is claimed from the node that holds the session, over the Redis
 backplane: that node sends the session's state and recorded frames and goes on recording
@@ -26,6 +29,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from connection import TRANSPORT_CLOSE
 from protocol import CONNECT, DEFAULT_NAMESPACE, PROTOCOL_VERSION, ProtocolError, decode, encode, valid_offset
 
 if TYPE_CHECKING:
@@ -37,7 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("plainsocket")
 
 # Sessions kept after these reasons only: the client did not mean to leave.
-RECOVERABLE = frozenset({"transport close", "ping timeout", "slow consumer"})
+RECOVERABLE = frozenset({TRANSPORT_CLOSE, "ping timeout", "slow consumer"})
 CLAIM_TIMEOUT = 2.0  # seconds a node waits for the node holding a session to hand it over
 
 
@@ -83,35 +87,86 @@ class Recovery:
     def _keeps(self: SocketServer, conn: Connection, reason: str) -> bool:
         if not (self.recovery_window and not self._closing and reason in RECOVERABLE and conn.namespaces):
             return False
+        if reason == TRANSPORT_CLOSE and conn.ws.protocol.close_rcvd is not None:
+            return False  # a closed tab (1001) said goodbye: nobody will resume it
         # A kept session holds a place of its address: one address that connects and drops in
         # a loop must not fill max_connections with kept sessions and lock everyone else out.
         held = self._per_address.get(conn.address, 0) + self._kept.get(conn.address, 0)
         return held < self.max_connections_per_address
 
+    def _drop(self: SocketServer, conn: Connection, reason: str) -> None:
+        """Keep a dropped session for a resume, and tell the application now that it left.
+
+        The disconnect handlers run at once (in a task), as for any disconnect: tracking shows
+        live clients only. The session goes on recording what is sent to it, in the rooms it
+        had at the drop, whatever the handlers do (as Socket.IO persists a session before its
+        ``disconnect`` event).
+        """
+        self._detach(conn, reason)
+        conn.dropping = self._spawn(self._notify_drop(conn, reason))
+
     def _detach(self: SocketServer, conn: Connection, reason: str) -> None:
-        """Keep a dropped session for the window; it goes on recording what is sent to it."""
+        """Move ``conn``'s membership to the kept registry and start its window."""
         if not conn.detached:
             self._kept[conn.address] = self._kept.get(conn.address, 0) + 1
+            self.recoverable += 1
+            for namespace in conn.namespaces:
+                rooms = self.registry.rooms(namespace, conn.sid)
+                self.kept_registry.connect(namespace, conn.sid)
+                for room in rooms:
+                    self.kept_registry.enter_room(namespace, conn.sid, room)
         conn.detached = True
         conn.close_reason = reason
         self._cancel_expiry(conn)
         conn.expiry = asyncio.get_running_loop().call_later(self.recovery_window, self._expire, conn)
-        logger.info("detached sid=%s reason=%s (kept %g s)", conn.sid, reason, self.recovery_window)
 
-    def _undetach(self: SocketServer, conn: Connection) -> None:
-        """Give back the place a kept session held (it resumes, moves or ends)."""
-        if conn.detached:
-            conn.detached = False
-            left = self._kept[conn.address] - 1
-            if left:
-                self._kept[conn.address] = left
-            else:
-                del self._kept[conn.address]
+    async def _notify_drop(self: SocketServer, conn: Connection, reason: str) -> None:
+        """Run each namespace's disconnect handler once, then take the client out of tracking."""
+        for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
+            await self._run_disconnect_handler(conn, namespace, reason)
+            self.registry.disconnect(namespace, conn.sid)
+        logger.info(
+            "disconnect sid=%s address=%s reason=%s (kept %g s for a resume)",
+            conn.sid,
+            conn.address,
+            reason,
+            self.recovery_window,
+        )
+
+    def _undetach(self: SocketServer, conn: Connection) -> dict[str, set[str]]:
+        """Give back the place a kept session held (it resumes, moves or ends); return its rooms."""
+        if not conn.detached:
+            return {}
+        conn.detached = False
+        self.recoverable -= 1
+        left = self._kept[conn.address] - 1
+        if left:
+            self._kept[conn.address] = left
+        else:
+            del self._kept[conn.address]
+        rooms = {}
+        for namespace in conn.namespaces:
+            rooms[namespace] = self.kept_registry.rooms(namespace, conn.sid)
+            self.kept_registry.disconnect(namespace, conn.sid)
+        return rooms
+
+    def _forget(self: SocketServer, conn: Connection, why: str) -> None:
+        """End a kept session without running anything more: the application was told at the drop."""
+        self._cancel_expiry(conn)
+        self._forget_token(conn)
+        self._undetach(conn)
+        if conn.worker is not None:
+            conn.worker.cancel()
+        self._fail_pending(conn)
+        for namespace in conn.namespaces:
+            self.registry.disconnect(namespace, conn.sid)  # in case its handlers still run
+        if self._connections.get(conn.sid) is conn:
+            del self._connections[conn.sid]
+        logger.info("kept session of sid=%s ended: %s", conn.sid, why)
 
     def _expire(self: SocketServer, conn: Connection) -> None:
         if conn.detached and self._connections.get(conn.sid) is conn:
-            self._forget_token(conn)  # at once: no resume may slip in before the session ends
-            self.start_background_task(self._end, conn, conn.close_reason or "transport close")
+            self._forget(conn, "recovery window expired")
 
     # -- Resuming on this node ---------------------------------------------------------------
 
@@ -139,11 +194,15 @@ class Recovery:
         if not conn.detached:
             # The client saw the drop before we did: the old socket is dead, take over.
             conn.ws.transport.abort()
+            self._drop(conn, TRANSPORT_CLOSE)
+        if conn.dropping is not None:
+            # Its disconnect handlers first: they must not run after the connect handlers.
+            await asyncio.shield(conn.dropping)
+        if not conn.detached or self._connections.get(sid) is not conn:
+            return None  # ended (kicked, evicted, expired) meanwhile
         frames = conn.frames_after(offset)
         if frames is None:
-            logger.info("recovery refused for sid=%s: frames after its offset are gone", sid)
-            self._cancel_expiry(conn)
-            await self._end(conn, conn.close_reason or "transport close")
+            self._forget(conn, "frames after its offset are gone")
             return None
         self._cancel_expiry(conn)
         self._attach(conn, ws)
@@ -156,8 +215,12 @@ class Recovery:
             conn.expiry = None
 
     def _attach(self: SocketServer, conn: Connection, ws: ServerConnection) -> None:
-        """Give a kept session its new socket."""
-        self._undetach(conn)
+        """Give a kept session its new socket and put it back in its rooms."""
+        for namespace, rooms in self._undetach(conn).items():
+            self.registry.connect(namespace, conn.sid)
+            for room in rooms:
+                self.registry.enter_room(namespace, conn.sid, room)
+        conn.dropping = None
         conn.ws = ws
         conn.detached = False
         conn.close_reason = None
@@ -194,18 +257,18 @@ class Recovery:
             return {"ok": False, "sid": sid, "state": None, "frames": [], "mark": 0}
         if not conn.detached:
             conn.ws.transport.abort()
-            self._detach(conn, "transport close")
+            self._drop(conn, TRANSPORT_CLOSE)
         frames = conn.frames_after(offset)
         try:
             state = json.loads(json.dumps({"sessions": conn.sessions}))
         except (TypeError, ValueError):
             state = None  # session data that JSON can not carry can not move
         if frames is None or state is None:
-            self._cancel_expiry(conn)
-            self.start_background_task(self._end, conn, conn.close_reason or "transport close")
+            self._forget(conn, "its frames or session data can not move to another node")
             return {"ok": False, "sid": sid, "state": None, "frames": [], "mark": 0}
         state.update(
-            namespaces={ns: sorted(self.registry.rooms(ns, sid) - {sid}) for ns in conn.namespaces},
+            namespaces={ns: sorted(self.kept_registry.rooms(ns, sid) - {sid}) for ns in conn.namespaces},
+            auth=conn.auth or {},
             # Ids still being handled are left out: their re-send must run here again.
             seen=sorted(conn.seen[0] - conn.inflight) if conn.seen else [],
             next_ack_id=conn.next_ack_id,
@@ -227,15 +290,7 @@ class Recovery:
         if recent > len(log):
             return None
         frames = log[len(log) - recent :] if recent else []
-        self._cancel_expiry(conn)
-        self._undetach(conn)
-        if conn.worker is not None:
-            conn.worker.cancel()
-        self._fail_pending(conn)
-        for namespace in conn.namespaces:
-            self.registry.disconnect(namespace, sid)
-        del self._connections[sid]
-        logger.info("handed over sid=%s to another node", sid)
+        self._forget(conn, "handed over to another node")
         return [frame.decode() for frame in frames]
 
     async def _resume_remote(
@@ -266,6 +321,7 @@ class Recovery:
             for room in rooms:
                 self.registry.enter_room(namespace, conn.sid, room)
         conn.sessions = state["sessions"]
+        conn.auth = state["auth"] or None
         conn.next_ack_id = state["next_ack_id"]
         for id in state["seen"]:
             conn.handled_before(id)
@@ -318,6 +374,9 @@ def _checked_state(state: Any) -> dict[str, Any]:
         raise TypeError("sessions")
     if not isinstance(state["seen"], list) or not all(type(i) is int for i in state["seen"]):
         raise TypeError("seen")
+    state.setdefault("auth", {})  # nodes of the previous release send none
+    if not isinstance(state["auth"], dict):
+        raise TypeError("auth")
     if type(state["next_ack_id"]) is not int:
         raise TypeError("next_ack_id")
     return state

@@ -56,7 +56,6 @@ from connection import (
     SERVER_SHUTDOWN,
     SLOW_CONSUMER,
     TOO_MANY_CONNECTIONS,
-    TRANSPORT_CLOSE,
     CallTimeoutError,
     ClientDisconnectedError,
     Connection,
@@ -256,7 +255,9 @@ class SocketServer(Recovery):
         self.heartbeat_interval = heartbeat_interval
         self.backplane: RedisBackplane | None = None
 
-        self.registry = Registry()
+        self.registry = Registry()  # live clients: what tracking and delivery see
+        self.kept_registry = Registry()  # sessions kept for a resume: delivery records for them
+        self.recoverable = 0  # how many sessions are kept
         self._handlers: dict[str, dict[str, _Handler]] = {DEFAULT_NAMESPACE: {}}
         self._connections: dict[str, Connection] = {}
         self._per_address: dict[str, int] = {}
@@ -346,8 +347,9 @@ class SocketServer(Recovery):
         self, namespace: str, frame: bytes, to: str | Iterable[str] | None, skip_sid: str | Iterable[str] | None
     ) -> int:
         recipients = self.registry.recipients(namespace, to)
-        if skip_sid is not None:
-            recipients = recipients - ({skip_sid} if isinstance(skip_sid, str) else set(skip_sid))
+        skipped = None if skip_sid is None else ({skip_sid} if isinstance(skip_sid, str) else set(skip_sid))
+        if skipped is not None:
+            recipients = recipients - skipped
         connections = self._connections
         wire = wire_frame(frame) if len(recipients) > 1 else None
         count = 0
@@ -357,7 +359,21 @@ class SocketServer(Recovery):
             if conn is not None:
                 conn.send(frame, wire)
                 count += 1
+        if self.recoverable:
+            self._record_for_kept(namespace, frame, to, recipients, skipped)
         return count
+
+    def _record_for_kept(
+        self, namespace: str, frame: bytes, to: str | Iterable[str] | None, live: set[str], skipped: set[str] | None
+    ) -> None:
+        """Record ``frame`` for the kept sessions it would have reached, for their resume."""
+        for sid in tuple(self.kept_registry.recipients(namespace, to)):
+            # A session whose disconnect handlers still run is in both registries: once.
+            if sid in live or (skipped is not None and sid in skipped):
+                continue
+            conn = self._connections.get(sid)
+            if conn is not None:
+                conn.send(frame)
 
     async def call(
         self, event: str, data: Any = None, *, to: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 60.0
@@ -373,6 +389,8 @@ class SocketServer(Recovery):
             LimitExceededError: (to a sid) too many acknowledgements are pending already.
         """
         conn = self._connections.get(to)
+        if conn is not None and conn.detached:
+            raise ClientDisconnectedError(to)  # kept for a resume, but gone: it was told so
         if conn is not None and self.registry.is_connected(namespace, to):
             return await self._call_one(conn, event, data, namespace, timeout)
         if self.backplane is None:
@@ -397,6 +415,8 @@ class SocketServer(Recovery):
     ) -> tuple[list[Any], str | None, bool]:
         """Call the clients of this node in ``to``: (acks received, error, whether ``to`` is a local sid)."""
         conn = self._connections.get(to)
+        if conn is not None and conn.detached:
+            return [], "disconnected", True
         if conn is not None and self.registry.is_connected(namespace, to):
             try:
                 return [await self._call_one(conn, event, data, namespace, timeout)], None, True
@@ -431,25 +451,36 @@ class SocketServer(Recovery):
         Raises:
             LimitExceededError: the client is in ``max_rooms`` rooms already.
         """
-        if not self.registry.is_connected(namespace, sid):
+        registry = self._registry_of(namespace, sid)
+        if registry is None:
             if self.backplane is not None and sid not in self._connections:
                 self.backplane.publish("enter_room", namespace=namespace, sid=sid, room=room)
             return
-        if room in self.registry.rooms(namespace, sid):
+        if room in registry.rooms(namespace, sid):
             return  # already in it: joining again changes nothing
-        if self.registry.room_count(namespace, sid) >= self.max_rooms + 1:  # + its own sid room
+        if registry.room_count(namespace, sid) >= self.max_rooms + 1:  # + its own sid room
             raise LimitExceededError(f"more than {self.max_rooms} rooms")
-        self.registry.enter_room(namespace, sid, room)
+        registry.enter_room(namespace, sid, room)
+
+    def _registry_of(self, namespace: str, sid: str) -> Registry | None:
+        """The registry holding ``sid`` in ``namespace``: live, kept for a resume, or none here."""
+        if self.registry.is_connected(namespace, sid):
+            return self.registry
+        if self.kept_registry.is_connected(namespace, sid):
+            return self.kept_registry
+        return None
 
     def leave_room(self, sid: str, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         """Take ``sid`` out of ``room``."""
         if self.backplane is not None and sid not in self._connections:
             self.backplane.publish("leave_room", namespace=namespace, sid=sid, room=room)
         self.registry.leave_room(namespace, sid, room)
+        self.kept_registry.leave_room(namespace, sid, room)
 
     def close_room(self, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         """Take every member out of ``room``, on every node."""
         self.registry.close_room(namespace, room)
+        self.kept_registry.close_room(namespace, room)
         if self.backplane is not None:
             self.backplane.publish("close_room", namespace=namespace, room=room)
 
@@ -470,9 +501,12 @@ class SocketServer(Recovery):
         return sorted(self.registry.sids(namespace))
 
     def connection_count(self, namespace: str | None = None) -> int:
-        """Count the clients of ``namespace``, or every open WebSocket when ``namespace`` is None."""
+        """Count the live clients of ``namespace``, or every open WebSocket when ``namespace`` is None.
+
+        Sessions kept for a resume are not clients: :attr:`recoverable` counts them.
+        """
         if namespace is None:
-            return len(self._connections)
+            return len(self._connections) - self.recoverable
         return self.registry.count(namespace)
 
     async def cluster_sids(self, namespace: str = DEFAULT_NAMESPACE, room: str | None = None) -> list[str]:
@@ -493,7 +527,7 @@ class SocketServer(Recovery):
     def local_view(self, namespace: str | None, room: str | None) -> tuple[list[str], int]:
         """Return this node's (sids, count) for ``namespace``/``room`` (all connections when None)."""
         if namespace is None:
-            return [], len(self._connections)
+            return [], len(self._connections) - self.recoverable
         sids = self.registry.sids(namespace) if room is None else self.registry.members(namespace, room)
         return list(sids), len(sids)
 
@@ -509,10 +543,14 @@ class SocketServer(Recovery):
                 self.enter_room(message["sid"], message["room"], namespace=namespace)
             except LimitExceededError:
                 logger.warning("remote enter_room refused: %s is in too many rooms", message["sid"])
+        elif kind == "enter_room" and self.kept_registry.is_connected(namespace, message["sid"]):
+            self.kept_registry.enter_room(namespace, message["sid"], message["room"])
         elif kind == "leave_room":
             self.registry.leave_room(namespace, message["sid"], message["room"])
+            self.kept_registry.leave_room(namespace, message["sid"], message["room"])
         elif kind == "close_room":
             self.registry.close_room(namespace, message["room"])
+            self.kept_registry.close_room(namespace, message["room"])
         elif kind == "disconnect" and message["sid"] in self._connections:
             self.disconnect(message["sid"], namespace=namespace)
 
@@ -523,14 +561,18 @@ class SocketServer(Recovery):
             if self.backplane is not None:
                 self.backplane.publish("disconnect", namespace=namespace, sid=sid)
             return
+        if conn.detached:
+            # Its handlers ran at the drop: what is left is the kept state, which must not resume.
+            if namespace is None or conn.namespaces == {namespace}:
+                self._forget(conn, SERVER_DISCONNECT)
+            elif namespace in conn.namespaces:
+                conn.namespaces.discard(namespace)
+                conn.sessions.pop(namespace, None)
+                self.kept_registry.disconnect(namespace, sid)
+            return
         if namespace is None:
             self._forget_token(conn)  # a kicked client must not resume its session
-            if conn.detached:
-                self._cancel_expiry(conn)
-                self._undetach(conn)
-                self._spawn(self._end(conn, SERVER_DISCONNECT))
-            else:
-                conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
+            conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
         elif namespace in conn.namespaces:
             self._spawn(self._leave(conn, namespace, SERVER_DISCONNECT, notify=True))
 
@@ -608,8 +650,7 @@ class SocketServer(Recovery):
             closed.cancel()
         # Sessions kept for recovery have no socket left to close: end them too, handlers included.
         for conn in [conn for conn in self._connections.values() if conn.detached]:
-            self._cancel_expiry(conn)
-            await self._end(conn, SERVER_SHUTDOWN)
+            self._forget(conn, SERVER_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
         if self.backplane is not None:
@@ -696,9 +737,11 @@ class SocketServer(Recovery):
         """Return what ``GET /healthz`` reports; status is "unhealthy" while Redis is lost."""
         report: dict[str, Any] = {
             "status": "ok",
-            "connections": len(self._connections),
+            "connections": self.connection_count(),
             "namespaces": {ns: self.registry.count(ns) for ns in self.registry.namespaces()},
         }
+        if self.recovery_window:
+            report["recoverable"] = self.recoverable
         if self.backplane is not None:
             report["redis"] = self.backplane.health()
             if not self.backplane.link_up:
@@ -725,6 +768,8 @@ class SocketServer(Recovery):
                 pending = self._connect_namespace(conn, DEFAULT_NAMESPACE, None)
                 if pending is not None:
                     await pending
+            else:
+                await self._reconnect_namespaces(conn)
             async for message in ws:
                 if type(message) is str:
                     self._on_text(conn, message)
@@ -742,7 +787,7 @@ class SocketServer(Recovery):
             if conn.ws is ws and not conn.detached and self._connections.get(conn.sid) is conn:
                 reason = conn.close_reason or close_reason(ws)
                 if self._keeps(conn, reason):
-                    self._detach(conn, reason)
+                    self._drop(conn, reason)
                 else:
                     await self._end(conn, reason)
 
@@ -755,10 +800,7 @@ class SocketServer(Recovery):
         """Make room for a live client by ending the oldest session kept for recovery."""
         for kept in self._connections.values():
             if kept.detached:
-                self._cancel_expiry(kept)
-                self._forget_token(kept)
-                self._undetach(kept)
-                self.start_background_task(self._end, kept, kept.close_reason or TRANSPORT_CLOSE)
+                self._forget(kept, "its place went to a live client (max_connections)")
                 return True
         return False
 
@@ -898,17 +940,21 @@ class SocketServer(Recovery):
         if envelope.id is not None:
             self._ack(conn, envelope, result)
 
-    def _run(self, conn: Connection, namespace: str, handler: _Handler, args: tuple[Any, ...]) -> Any:
+    def _run(
+        self, conn: Connection, namespace: str, handler: _Handler, args: tuple[Any, ...], recovered: bool = False
+    ) -> Any:
         """Call a sync handler with the context helpers bound to ``conn`` and ``namespace``."""
-        token = current.set(Context(self, conn, namespace))
+        token = current.set(Context(self, conn, namespace, recovered))
         try:
             return handler.fn(*args[: handler.arity])
         finally:
             current.reset(token)
 
-    async def _run_async(self, conn: Connection, namespace: str, handler: _Handler, args: tuple[Any, ...]) -> Any:
+    async def _run_async(
+        self, conn: Connection, namespace: str, handler: _Handler, args: tuple[Any, ...], recovered: bool = False
+    ) -> Any:
         """Await an async handler; the context is set in the task that runs it."""
-        token = current.set(Context(self, conn, namespace))
+        token = current.set(Context(self, conn, namespace, recovered))
         try:
             return await handler.fn(*args[: handler.arity])
         finally:
@@ -974,6 +1020,10 @@ class SocketServer(Recovery):
         # client's frames until the handler accepts, so that `connect` comes first.
         self.registry.connect(namespace, conn.sid)
         conn.namespaces.add(namespace)
+        if self.recovery_window and auth is not None:
+            # Kept for the connect handler that runs again on a resume (no auth comes with it).
+            conn.auth = conn.auth or {}
+            conn.auth[namespace] = auth
         handler = handlers.get(CONNECT)
         if handler is None:
             self._settle_connect(conn, namespace, None)
@@ -1007,19 +1057,42 @@ class SocketServer(Recovery):
             conn.send_control(self._connect_frame(conn, namespace))
         else:
             # A refused client receives nothing from that namespace.
-            self.registry.disconnect(namespace, conn.sid)
-            conn.namespaces.discard(namespace)
-            conn.sessions.pop(namespace, None)
-            conn.send(self.frame(CONNECT_ERROR, {"message": refusal}, namespace))
+            self._refuse_namespace(conn, namespace, refusal)
             held = [frame for frame in held if json.loads(frame)["namespace"] != namespace]
         for frame in held:
             conn.send(frame)
 
-    async def _leave(self, conn: Connection, namespace: str, reason: str, *, notify: bool) -> None:
-        """Take ``conn`` out of ``namespace`` and run its disconnect handler once."""
-        if namespace not in conn.namespaces:
-            return
+    def _refuse_namespace(self, conn: Connection, namespace: str, refusal: str) -> None:
+        """Take ``conn`` out of ``namespace`` after its connect handler refused it."""
+        self.registry.disconnect(namespace, conn.sid)
         conn.namespaces.discard(namespace)
+        conn.sessions.pop(namespace, None)
+        if conn.auth is not None:
+            conn.auth.pop(namespace, None)
+        conn.send(self.frame(CONNECT_ERROR, {"message": refusal}, namespace))
+
+    async def _reconnect_namespaces(self, conn: Connection) -> None:
+        """Run a resumed session's connect handlers again, ``/`` first, with ``request.recovered``.
+
+        Its rooms and ``session`` are back already; a handler may still refuse the namespace.
+        """
+        for namespace in sorted(conn.namespaces, key=lambda ns: ns != DEFAULT_NAMESPACE):
+            handler = self._handlers[namespace].get(CONNECT)
+            if handler is None:
+                continue
+            args = ((conn.auth or {}).get(namespace),)
+            try:
+                if handler.is_async:
+                    result = await self._run_async(conn, namespace, handler, args, recovered=True)
+                else:
+                    result = self._run(conn, namespace, handler, args, recovered=True)
+                refusal = _refusal(result)
+            except Exception as exc:
+                refusal = self._connect_failed(conn, namespace, exc)
+            if refusal is not None and namespace in conn.namespaces:
+                self._refuse_namespace(conn, namespace, refusal)
+
+    async def _run_disconnect_handler(self, conn: Connection, namespace: str, reason: str) -> None:
         handler = self._handlers[namespace].get(DISCONNECT)
         try:
             if handler is not None and handler.is_async:
@@ -1028,11 +1101,21 @@ class SocketServer(Recovery):
                 self._run(conn, namespace, handler, (reason,))
         except Exception:
             logger.exception("disconnect handler of %s failed (sid=%s)", _safe(namespace), conn.sid)
+
+    async def _leave(self, conn: Connection, namespace: str, reason: str, *, notify: bool) -> None:
+        """Take ``conn`` out of ``namespace`` and run its disconnect handler once."""
+        if namespace not in conn.namespaces:
+            return
+        conn.namespaces.discard(namespace)
+        try:
+            await self._run_disconnect_handler(conn, namespace, reason)
         finally:
             # Even when cancelled; and not if the client joined again while the handler ran.
             if namespace not in conn.namespaces:
                 self.registry.disconnect(namespace, conn.sid)
                 conn.sessions.pop(namespace, None)
+                if conn.auth is not None:
+                    conn.auth.pop(namespace, None)
         if notify:
             conn.send(self.frame(DISCONNECT, None, namespace))
 

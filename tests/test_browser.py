@@ -587,6 +587,15 @@ def test_disconnect_button(new_page: Callable[[], Page], server: ServerProcess) 
     expect(logged(page, "sent while out")).to_have_count(0)
 
 
+def test_closing_the_tab_is_noticed_within_a_second(new_page: Callable[[], Page], server: ServerProcess) -> None:
+    """The demo as shipped (recovery on): a closed tab is a disconnect at once, with 'transport close'."""
+    page = open_demo(new_page, server)
+    sid = page.locator("#sid").text_content()
+    assert sid and sid != "-"
+    page.close()
+    server.wait_for_log(f"disconnect sid={sid} address=127.0.0.1 reason=transport close", timeout=1.0)
+
+
 def test_page_reconnects_after_server_restart(new_page: Callable[[], Page], server: ServerProcess) -> None:
     """Kill the server, start it again on the same port: both pages reconnect and work."""
     a = open_demo(new_page, server)
@@ -646,8 +655,9 @@ def test_page_recovers_its_session_after_a_cut(
         assert page.evaluate("[demo.test.recovered, demo.test.connected]") == [True, True]
     assert len(sockets) == 1
     assert re.search(r"[?&]recover=[\w%-]+&offset=[\w%-]+$", sockets[0]), sockets[0]
-    # The connect handler ran once: "Connected" is not in the log twice.
-    assert messages(page).all_text_contents().count("Connected") == 1
+    # The connect handler ran again on the resume, and knew it (request.recovered).
+    texts = messages(page).all_text_contents()
+    assert texts.count("Connected") == 1 and texts.count("Reconnected") == 1
 
 
 def test_page_starts_a_new_session_after_the_window(
@@ -661,8 +671,9 @@ def test_page_starts_a_new_session_after_the_window(
         submit(page, "join", join_room="lobby")
         expect(messages(page).last).to_have_text(re.compile(r"^In rooms: .*\blobby\b"))
         relay.cut(hold=True)
-        # The window running out is the behaviour under test: the server ends the session.
+        # Told at the drop; then the window running out, the behaviour under test, ends the session.
         server.wait_for_log(f"disconnect sid={sid} ")
+        server.wait_for_log(f"kept session of sid={sid} ended: recovery window expired")
         relay.release()
         status = page.locator("#status")
         expect(status).to_have_attribute("data-recovered", "false", timeout=RECONNECT_TIMEOUT)
@@ -751,7 +762,7 @@ def test_link_found_dead_is_resumed(new_page: Callable[[], Page], start_server: 
         assert page.evaluate("events") == resumed
         page.evaluate("test.emit('my event', { data: 'barrier' })")
         page.wait_for_function("got.includes('barrier')")
-        assert page.evaluate("got") == ["Connected", "while deaf", "barrier"]
+        assert page.evaluate("got") == ["Connected", "while deaf", "Reconnected", "barrier"]
 
 
 # client.js, exercised inside a page

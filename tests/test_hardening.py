@@ -1199,19 +1199,19 @@ async def test_thousand_connect_drop_cycles_leave_nothing_behind() -> None:
 
 
 async def test_shutdown_ends_sessions_kept_for_recovery() -> None:
-    """shutdown() also ends sessions kept for recovery: their disconnect handlers run once, nothing is left."""
+    """shutdown() also ends sessions kept for recovery: their handlers ran at the drop, once; nothing is left."""
     socketio = make_app(recovery_window=60)
     root, chat = reasons_by_sid(socketio), reasons_by_sid(socketio, "/chat")
     await socketio.start("127.0.0.1", 0)
     kept = await Wire.open(f"ws://127.0.0.1:{socketio.port}")
     await kept.join("/chat")
     kept.abort()
-    await until(lambda: all(conn.detached for conn in socketio._connections.values()))
-    assert root == {} and chat == {}  # kept, not ended
+    await until(lambda: root == {kept.sid: "transport close"} and chat == {kept.sid: "transport close"})
+    assert socketio.recoverable == 1 and socketio.connection_count() == 0
     await socketio.shutdown()
-    assert root == {kept.sid: "server shutdown"} and chat == {kept.sid: "server shutdown"}
-    assert socketio.registry.is_empty()
-    assert socketio._connections == {}
+    assert root == {kept.sid: "transport close"} and chat == {kept.sid: "transport close"}, "nothing ran twice"
+    assert socketio.registry.is_empty() and socketio.kept_registry.is_empty()
+    assert socketio._connections == {} and socketio.recoverable == 0
 
 
 async def test_sigterm_under_load_closes_every_client_with_1001(server_threads: Any) -> None:
@@ -1502,11 +1502,13 @@ async def test_kept_sessions_make_room_for_live_clients(opened: Any) -> None:
         dropped = [await opened(url) for _ in range(3)]
         for client in dropped:
             client.abort()
-        await until(lambda: sum(c.detached for c in socketio._connections.values()) == 3)
+        await until(lambda: sorted(reasons) == sorted((c.sid, "transport close") for c in dropped))
+        assert socketio.recoverable == 3 and socketio.connection_count() == 0
         newcomer = await opened(url)
         assert newcomer.hello["event"] == "connect" and newcomer.hello["data"]["recovered"] is False
-        await until(lambda: reasons == [(dropped[0].sid, "transport close")])
-        assert socketio.connection_count() == 3
+        assert dropped[0].sid not in socketio._connections, "the oldest kept session made room"
+        assert socketio.recoverable == 2 and socketio.connection_count() == 1
+        assert len(reasons) == 3, "its handlers ran at the drop, not again"
 
 
 async def test_backlog_behind_a_busy_handler_is_bounded_in_bytes(opened: Any) -> None:

@@ -18,11 +18,13 @@ from server import SocketServer, emit, join_room, request, session
 def make_app(**options: Any) -> tuple[SocketServer, dict[str, Any]]:
     options.setdefault("recovery_window", 30)
     socketio = SocketServer(**options)
-    seen: dict[str, Any] = {"handled": [], "disconnects": []}
+    seen: dict[str, Any] = {"handled": [], "disconnects": [], "connects": []}
 
     @socketio.on("connect", namespace="/test")
     def connect() -> None:
-        emit("welcome")
+        rooms = sorted(socketio.rooms(request.sid, namespace="/test"))
+        seen["connects"].append((request.sid, request.recovered, rooms, session.get("value")))
+        emit("welcome", {"recovered": request.recovered, "value": session.get("value")})
 
     @socketio.on("join", namespace="/test")
     def join(room: str) -> None:
@@ -99,14 +101,14 @@ async def storm(socketio: SocketServer, total: int, namespace: str = "/test") ->
 
 
 @asynccontextmanager
-async def two_nodes(redis_url: str) -> AsyncIterator[list[tuple[SocketServer, str]]]:
-    """Two recovering nodes on one Redis, each aware of the other; yield (node, url) pairs."""
+async def two_nodes(redis_url: str) -> AsyncIterator[list[tuple[SocketServer, str, dict[str, Any]]]]:
+    """Two recovering nodes on one Redis, each aware of the other; yield (node, url, seen) triples."""
     async with AsyncExitStack() as stack:
         nodes = []
         for _ in range(2):
-            node, _ = make_app(message_queue=redis_url, heartbeat_interval=0.25)
-            nodes.append((node, await stack.enter_async_context(running(node))))
-        await until(lambda: all(len(node.backplane.alive_nodes()) == 2 for node, _ in nodes))
+            node, seen = make_app(message_queue=redis_url, heartbeat_interval=0.25)
+            nodes.append((node, await stack.enter_async_context(running(node)), seen))
+        await until(lambda: all(len(node.backplane.alive_nodes()) == 2 for node, _, _ in nodes))
         yield nodes
 
 
@@ -141,12 +143,14 @@ async def test_cut_mid_storm_and_recover_everything(opened: Any) -> None:
         assert (await client.next())["data"] == "still in lobby"
         await client.wire.send("recall", None, "/test", id=1)
         assert (await client.next())["data"] == "apple"
-        assert seen["disconnects"] == [], "the session never ended"
+        assert seen["disconnects"] == [(sid, "transport close")], "told once, at the drop"
+        # The connect handler ran again after the replay, told of the resume, rooms and session back.
+        assert seen["connects"] == [(sid, False, [sid], None), (sid, True, sorted([sid, "lobby"]), "apple")]
 
 
 async def test_live_takeover_when_the_server_has_not_noticed_the_drop(opened: Any) -> None:
     """A client that reconnects before the server saw the old socket die takes its session over."""
-    socketio, _ = make_app()
+    socketio, seen = make_app()
     async with running(socketio) as url:
         client = await joined(url, opened)
         old = client.wire
@@ -155,10 +159,14 @@ async def test_live_takeover_when_the_server_has_not_noticed_the_drop(opened: An
         hello = await client.resume(url, opened)
         assert hello["data"]["recovered"] is True and hello["data"]["sid"] == old.sid
         await client.wire.expect("connect", "/test")
+        assert (await client.next())["data"] == {"recovered": True, "value": None}
         await old.ws.wait_closed()
         socketio.emit("n", 2, namespace="/test")
         assert (await client.next())["data"] == 2
         assert socketio.connection_count() == 1
+        # The old socket's end was a disconnect, told before the resume's connect handler ran.
+        assert seen["disconnects"] == [(old.sid, "transport close")]
+        assert [connect[1] for connect in seen["connects"]] == [False, True]
 
 
 async def test_resent_call_is_not_handled_twice(opened: Any) -> None:
@@ -172,25 +180,30 @@ async def test_resent_call_is_not_handled_twice(opened: Any) -> None:
         await until(lambda: socketio._connections[client.wire.sid].detached)
         await client.resume(url, opened)
         await client.wire.expect("connect", "/test")
-        await client.wire.send("order", "pizza", "/test", id=5)  # the client library re-sends once
-        ack = await client.next()
+        ack = await client.next()  # the replayed ack comes before anything new
         assert ack["event"] == "ack" and ack["id"] == 5 and ack["data"] == "ordered pizza"
+        assert (await client.next())["event"] == "welcome"
+        await client.wire.send("order", "pizza", "/test", id=5)  # the client library re-sends once
         await client.wire.send("order", "salad", "/test", id=6)
         assert (await client.next())["data"] == "ordered salad"
         assert seen["handled"] == ["pizza", "salad"]
 
 
 async def test_expired_window_gives_a_fresh_session(opened: Any) -> None:
-    """After the window the session ends (disconnect handlers run) and a resume is refused."""
+    """After the window the kept session is gone (nothing more runs) and a resume is refused."""
     socketio, seen = make_app(recovery_window=0.3)
     async with running(socketio) as url:
         client = await joined(url, opened)
         sid = client.wire.sid
         client.wire.abort()
         await until(lambda: seen["disconnects"] == [(sid, "transport close")])
+        assert socketio.recoverable == 1
+        await until(lambda: sid not in socketio._connections)
+        assert socketio.recoverable == 0 and socketio.kept_registry.is_empty()
         hello = await client.resume(url, opened)
         assert hello["data"]["recovered"] is False and hello["data"]["sid"] != sid
         assert socketio.sids("/test") == []
+        assert seen["disconnects"] == [(sid, "transport close")], "the expiry ran no handler"
 
 
 async def test_forged_and_reused_tokens_are_refused(opened: Any) -> None:
@@ -264,7 +277,7 @@ async def test_memory_bounded_with_1000_sessions_waiting(opened: Any) -> None:
 
 async def test_resume_on_another_node_through_redis(redis_server: Any, opened: Any) -> None:
     """Cut on node A mid-storm (emitted from both nodes), resume through node B: nothing lost or doubled."""
-    async with two_nodes(redis_server.url) as ((a, url_a), (b, url_b)):
+    async with two_nodes(redis_server.url) as ((a, url_a, seen_a), (b, url_b, seen_b)):
         client = await joined(url_a, opened)
         await client.wire.send("join", "lobby", "/test")
         await client.wire.send("remember", "pear", "/test")
@@ -281,7 +294,9 @@ async def test_resume_on_another_node_through_redis(redis_server: Any, opened: A
         emitting = asyncio.ensure_future(alternate())
         await client.until_number(60)
         client.wire.abort()
-        await until(lambda: a._connections[sid].detached)
+        await until(lambda: seen_a["disconnects"] == [(sid, "transport close")])  # told at once, on A
+        assert a._connections[sid].detached and await b.cluster_count("/test") == 0
+        assert await b.cluster_sids("/test") == [] and await a.cluster_sids("/test", "lobby") == []
         hello = await client.resume(url_b, opened)
         assert hello["data"] == {**hello["data"], "sid": sid, "recovered": True}
         await client.wire.expect("connect", "/test")
@@ -293,6 +308,11 @@ async def test_resume_on_another_node_through_redis(redis_server: Any, opened: A
         odds = [n for n in client.numbers if n % 2 == 1]
         assert evens == sorted(evens) and odds == sorted(odds), "each sender's order kept"
         assert sid not in a._connections and b._connections[sid].detached is False
+        # B ran the connect handler of the resumed session; A ran nothing more.
+        assert seen_b["connects"] == [(sid, True, sorted([sid, "lobby"]), "pear")]
+        assert seen_b["disconnects"] == [] and seen_a["disconnects"] == [(sid, "transport close")]
+        assert [connect[1] for connect in seen_a["connects"]] == [False]
+        assert await a.cluster_sids("/test", "lobby") == [sid] and a.recoverable == 0
         a.emit("room news", "from a", namespace="/test", to="lobby")
         assert (await client.next())["data"] == "from a"
         await client.wire.send("recall", None, "/test", id=1)
@@ -304,11 +324,13 @@ async def test_a_kicked_client_can_not_resume(opened: Any) -> None:
     socketio, seen = make_app()
     async with running(socketio) as url:
         dropped = await joined(url, opened)
+        sid = dropped.wire.sid
         dropped.wire.abort()
-        await until(lambda: socketio._connections[dropped.wire.sid].detached)
-        socketio.disconnect(dropped.wire.sid)
-        await until(lambda: (dropped.wire.sid, "server disconnect") in seen["disconnects"])
+        await until(lambda: seen["disconnects"] == [(sid, "transport close")])
+        socketio.disconnect(sid)
+        assert sid not in socketio._connections and socketio.recoverable == 0
         assert (await dropped.resume(url, opened))["data"]["recovered"] is False
+        assert seen["disconnects"] == [(sid, "transport close")], "told once"
 
         kicked = await joined(url, opened)
         socketio.disconnect(kicked.wire.sid)  # the client ignores the 4001 and comes back at once
@@ -328,7 +350,7 @@ async def test_v1_clients_may_reuse_ids_with_recovery_on(opened: Any) -> None:
 
 async def test_unknown_token_gets_a_fresh_session_quickly_in_a_cluster(redis_server: Any, opened: Any) -> None:
     """Every node answers a claim, so an unknown token costs one round trip, not a timeout."""
-    async with two_nodes(redis_server.url) as ((_, url_a), _):
+    async with two_nodes(redis_server.url) as ((_, url_a, _), _):
         loop = asyncio.get_running_loop()
         started = loop.time()
         fresh = await opened(f"{url_a}/?recover=unknown-token")
