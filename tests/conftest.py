@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from wire import Wire  # noqa: E402
 
-from server import SocketServer  # noqa: E402
+from plainsocket import SocketServer  # noqa: E402
 
 IN_CI = os.environ.get("CI") == "true"
 

@@ -18,7 +18,8 @@ import pytest
 from conftest import ROOT, ServerProcess, until
 from websockets.asyncio.server import ServerConnection, serve
 
-from client import (
+from plainsocket import SocketServer, emit
+from plainsocket.client import (
     BufferFullError,
     Client,
     ClientTimeoutError,
@@ -30,7 +31,6 @@ from client import (
     serve_for_test,
     test_client,
 )
-from server import SocketServer, emit
 
 FAST = {"reconnect_delay": 0.05, "reconnect_delay_max": 0.2}
 
@@ -548,10 +548,11 @@ async def test_silent_server_times_out() -> None:
 
 
 async def run_cli(*args: str, timeout: float = 20) -> tuple[int, list[dict[str, Any]], str]:
-    """Run ``python client.py ARGS``; return its exit code, stdout frames and stderr."""
+    """Run ``python -m plainsocket.client ARGS``; return its exit code, stdout frames and stderr."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "client.py",
+        "-m",
+        "plainsocket.client",
         *args,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -623,7 +624,8 @@ async def test_cli_listen_prints_until_interrupted(demo: ServerProcess) -> None:
     """--listen prints frames as they arrive (a broadcast from another client) until SIGINT."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "client.py",
+        "-m",
+        "plainsocket.client",
         demo.url,
         "--namespace",
         "/test",

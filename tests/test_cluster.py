@@ -20,8 +20,8 @@ from conftest import ROOT, running, until
 from websockets.exceptions import ConnectionClosed
 from wire import Wire
 
-from backplane import Emitter, make_message
-from server import CallTimeoutError, SocketServer
+from plainsocket import CallTimeoutError, SocketServer
+from plainsocket.backplane import Emitter, make_message
 
 
 def make_node(redis_url: str, **options: Any) -> SocketServer:

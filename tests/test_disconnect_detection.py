@@ -14,8 +14,8 @@ from conftest import running, until
 from test_hardening import client_frame, stalled_client
 from wire import Wire
 
-from demo import create_app
-from server import SocketServer, request
+from plainsocket import SocketServer, request
+from server import create_app
 
 
 def health(port: int) -> dict[str, Any]:

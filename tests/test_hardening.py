@@ -34,8 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wire import Wire
 
-from protocol import encode
-from server import (
+from plainsocket import (
     CallTimeoutError,
     ClientDisconnectedError,
     LimitExceededError,
@@ -47,6 +46,7 @@ from server import (
     rooms,
     session,
 )
+from plainsocket.protocol import encode
 
 # -- Helpers ---------------------------------------------------------------------------------
 

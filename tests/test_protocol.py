@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import MAX_ID, Envelope, ProtocolError, decode, encode, error_frame
+from plainsocket.protocol import MAX_ID, Envelope, ProtocolError, decode, encode, error_frame
 
 VALID = [
     ('{"event":"my event"}', Envelope("my event")),

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from conftest import running, until
 from wire import Wire
 
-from server import SocketServer, emit, join_room, request, session
+from plainsocket import SocketServer, emit, join_room, request, session
 
 
 def make_app(**options: Any) -> tuple[SocketServer, dict[str, Any]]:

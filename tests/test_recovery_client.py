@@ -20,8 +20,8 @@ import pytest
 from conftest import ServerProcess, running, until
 from websockets.asyncio.server import ServerConnection, serve
 
-from client import Client, ClientTimeoutError, DisconnectedError
-from server import SocketServer, emit, join_room, request
+from plainsocket import SocketServer, emit, join_room, request
+from plainsocket.client import Client, ClientTimeoutError, DisconnectedError
 
 FAST: dict[str, Any] = {"reconnect_delay": 0.05, "reconnect_delay_max": 0.2}
 

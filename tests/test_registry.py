@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry import Registry
+from plainsocket.registry import Registry
 
 
 def test_connect_puts_sid_in_its_own_room() -> None:

@@ -13,7 +13,7 @@ import pytest
 from conftest import running, until
 from websockets.exceptions import ConnectionClosed
 
-from server import (
+from plainsocket import (
     CallTimeoutError,
     ClientDisconnectedError,
     Namespace,

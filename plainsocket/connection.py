@@ -16,10 +16,10 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from protocol import CloseCode, Envelope, offset_suffix
+from .protocol import CloseCode, Envelope, offset_suffix
 
 if TYPE_CHECKING:
-    from server import SocketServer
+    from .server import SocketServer
 
 OPEN = State.OPEN
 
@@ -90,8 +90,7 @@ class Connection:
         self.ws = ws
         self.server = server
         self.sid = sid or secrets.token_urlsafe(16)
-        remote = ws.remote_address
-        self.address: str = remote[0] if remote else "?"
+        self.address: str = server.client_address(ws)
         self.namespaces: set[str] = set()
         self.sessions: dict[str, dict[str, Any]] = {}
         self.pending: dict[int, asyncio.Future[Any]] = {}  # server -> client acks

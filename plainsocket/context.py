@@ -8,15 +8,17 @@ operations exist as :class:`server.SocketServer` methods for code outside handle
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from websockets.datastructures import Headers
 
+from .protocol import Envelope
+
 if TYPE_CHECKING:
-    from connection import Connection
-    from server import SocketServer
+    from .connection import Connection
+    from .server import SocketServer
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class Context:
     conn: Connection
     namespace: str
     recovered: bool = False  # a connect handler run on a resume of a kept session
+    envelope: Envelope | None = None  # the frame being handled, if any
 
 
 current: contextvars.ContextVar[Context] = contextvars.ContextVar("plainsocket_context")
@@ -61,6 +64,12 @@ class _Request:
     @property
     def remote_address(self) -> str:
         return _context().conn.address
+
+    @property
+    def event(self) -> dict[str, Any] | None:
+        """The event being handled, in Flask-SocketIO's shape: ``{"message": name, "args": (data,)}``."""
+        envelope = _context().envelope
+        return None if envelope is None else {"message": envelope.event, "args": (envelope.data,)}
 
     @property
     def recovered(self) -> bool:
@@ -104,10 +113,20 @@ def emit(
     broadcast: bool = False,
     include_self: bool = True,
     skip_sid: str | list[str] | None = None,
+    callback: Callable[..., Any] | None = None,
 ) -> None:
-    """Emit from inside a handler: to the current client, or with ``to``/``broadcast`` wider."""
+    """Emit from inside a handler: to the current client, or with ``to``/``broadcast`` wider.
+
+    ``callback`` (one client only: the current one, or ``to=sid``) receives the client's
+    acknowledgement, as in Flask-SocketIO.
+    """
     context = _context()
     namespace = namespace or context.namespace
+    if callback is not None:
+        if broadcast:
+            raise ValueError("callback= needs one recipient: broadcasts have no acknowledgement")
+        context.server.emit(event, data, namespace=namespace, to=to or context.conn.sid, callback=callback)
+        return
     if to is None and not broadcast:
         context.conn.send(context.server.frame(event, data, namespace))
         return

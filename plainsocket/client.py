@@ -2,7 +2,7 @@
 
 The model is the browser client's (docs/protocol.md is the wire format)::
 
-    from client import Client
+    from plainsocket.client import Client
 
     async with Client("ws://127.0.0.1:5000") as client:
         test = await client.connect("/test")            # join a namespace (auth=... optional)
@@ -40,8 +40,8 @@ joined again, and the application must resynchronise what it missed.
 
 Testing your own handlers (the role of Flask-SocketIO's test client)::
 
-    from client import serve_for_test, test_client
-    from server import SocketServer, emit
+    from plainsocket.client import serve_for_test, test_client
+    from plainsocket import SocketServer, emit
 
     socketio = SocketServer()
 
@@ -103,7 +103,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Origin
 
-from protocol import (
+from .protocol import (
     ACK,
     CONNECT,
     CONNECT_ERROR,

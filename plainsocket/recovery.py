@@ -29,14 +29,14 @@ import secrets
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from connection import TRANSPORT_CLOSE
-from protocol import CONNECT, DEFAULT_NAMESPACE, PROTOCOL_VERSION, ProtocolError, decode, encode, valid_offset
+from .connection import TRANSPORT_CLOSE
+from .protocol import CONNECT, DEFAULT_NAMESPACE, PROTOCOL_VERSION, ProtocolError, decode, encode, valid_offset
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
 
-    from connection import Connection
-    from server import SocketServer
+    from .connection import Connection
+    from .server import SocketServer
 
 logger = logging.getLogger("plainsocket")
 
@@ -224,8 +224,7 @@ class Recovery:
         conn.ws = ws
         conn.detached = False
         conn.close_reason = None
-        remote = ws.remote_address
-        conn.address = remote[0] if remote else "?"
+        conn.address = self.client_address(ws)
         conn.tokens = float(self.rate_burst)
         conn.written = conn.progress = 0
         conn.stalled_since = None
@@ -242,22 +241,28 @@ class Recovery:
 
     # -- Handing a session over to another node -----------------------------------------------
 
-    def release_session(self: SocketServer, key: str, offset: str | None) -> dict[str, Any] | None:
+    async def release_session(self: SocketServer, key: str, offset: str | None) -> dict[str, Any] | None:
         """Start handing over the session of token ``key`` (a claim from another node).
 
         Returns None when this node does not hold it; else the session's state and the frames
         after ``offset`` (``ok`` false when those are gone). The session keeps recording until
-        :meth:`finish_release`.
+        :meth:`finish_release`. Its disconnect handlers finish first: the other node's connect
+        handlers must not run before them.
         """
         sid = self._tokens.pop(key, None)
         if sid is None:
             return None
         conn = self._connections[sid]
+        refused = {"ok": False, "sid": sid, "state": None, "frames": [], "mark": 0}
         if not _resumable(conn):
-            return {"ok": False, "sid": sid, "state": None, "frames": [], "mark": 0}
+            return refused
         if not conn.detached:
             conn.ws.transport.abort()
             self._drop(conn, TRANSPORT_CLOSE)
+        if conn.dropping is not None:
+            await asyncio.wait([conn.dropping], timeout=CLAIM_TIMEOUT / 2)
+        if not conn.detached or self._connections.get(sid) is not conn:
+            return refused  # ended (kicked, evicted, expired) meanwhile
         frames = conn.frames_after(offset)
         try:
             state = json.loads(json.dumps({"sessions": conn.sessions}))
@@ -265,7 +270,7 @@ class Recovery:
             state = None  # session data that JSON can not carry can not move
         if frames is None or state is None:
             self._forget(conn, "its frames or session data can not move to another node")
-            return {"ok": False, "sid": sid, "state": None, "frames": [], "mark": 0}
+            return refused
         state.update(
             namespaces={ns: sorted(self.kept_registry.rooms(ns, sid) - {sid}) for ns in conn.namespaces},
             auth=conn.auth or {},
@@ -297,7 +302,7 @@ class Recovery:
         self: SocketServer, ws: ServerConnection, key: str, offset: str | None
     ) -> Connection | None:
         """Claim a session held by another node and resume it here."""
-        from connection import Connection
+        from .connection import Connection
 
         assert self.backplane is not None
         claim = await self.backplane.claim(key, offset, CLAIM_TIMEOUT)

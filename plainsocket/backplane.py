@@ -34,10 +34,10 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from protocol import Envelope, ProtocolError, parse_json, valid_offset
+from .protocol import Envelope, ProtocolError, parse_json, valid_offset
 
 if TYPE_CHECKING:
-    from server import SocketServer
+    from .server import SocketServer
 
 logger = logging.getLogger("plainsocket.backplane")
 
@@ -362,12 +362,7 @@ class RedisBackplane:
             if replies is not None:
                 replies.put_nowait(message)
         elif kind == "claim":
-            # Every node answers, so that an unknown token is settled in one round trip.
-            released = self.server.release_session(message["key"], message["offset"])
-            reply = released or {"ok": False, "sid": "", "state": None, "frames": [], "mark": 0}
-            self._reply(
-                message["reply_to"], "claim_reply", claim_id=message["claim_id"], found=released is not None, **reply
-            )
+            self.server.start_background_task(self._answer_claim, message)
         elif kind == "finish":
             frames = self.server.finish_release(message["sid"], message["mark"])
             self._reply(message["reply_to"], "finish_reply", claim_id=message["claim_id"], frames=frames)
@@ -497,6 +492,14 @@ class RedisBackplane:
         """Ask other nodes to call their clients in ``to`` (a sid or a room); return their replies."""
         return await self._gather_replies(
             "call", "call_id", timeout, namespace=namespace, event=event, data=data, to=to, timeout=timeout
+        )
+
+    async def _answer_claim(self, message: dict[str, Any]) -> None:
+        # Every node answers, so that an unknown token is settled in one round trip.
+        released = await self.server.release_session(message["key"], message["offset"])
+        reply = released or {"ok": False, "sid": "", "state": None, "frames": [], "mark": 0}
+        self._reply(
+            message["reply_to"], "claim_reply", claim_id=message["claim_id"], found=released is not None, **reply
         )
 
     async def _answer_call(self, message: dict[str, Any]) -> None:

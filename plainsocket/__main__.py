@@ -1,0 +1,5 @@
+"""``python -m plainsocket run app:socketio``: the same as the ``plainsocket`` command."""
+
+from plainsocket.cli import main
+
+main()

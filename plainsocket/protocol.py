@@ -1,0 +1,260 @@
+"""The plainsocket envelope: parse, validate and encode frames. Pure: no I/O.
+
+Every WebSocket text frame carries one JSON object (docs/protocol.md)::
+
+    {"event": "my event", "namespace": "/test", "data": {"data": "hi"}, "id": 7}
+
+- ``event``: string of 1..256 characters, required;
+- ``namespace``: string starting with ``/``, default ``"/"``;
+- ``data``: any JSON value, default ``null``;
+- ``id``: integer in 0..2**53-1, optional: the sender wants an acknowledgement.
+
+One kind of examples per reserved event::
+
+    {"event":"connect","namespace":"/","data":{"sid":"Zk3s","protocol":1}}
+    {"event":"connect_error","namespace":"/admin","data":{"message":"unknown namespace"}}
+    {"event":"disconnect","namespace":"/test"}
+    {"event":"ack","namespace":"/test","id":7,"data":"ok"}
+    {"event":"error","namespace":"/","data":{"code":"invalid_json","message":"..."}}
+    {"event":"heartbeat"}
+
+Exceptions: :func:`decode` raises :class:`ProtocolError` for every way a frame can be wrong.
+Any other exception escaping :func:`decode` is a bug.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+PROTOCOL_VERSION = 1
+DEFAULT_NAMESPACE = "/"
+MAX_EVENT_LENGTH = 256
+MAX_NAMESPACE_LENGTH = 256
+MAX_DEPTH = 32
+MAX_ID = 2**53 - 1  # the largest integer a JavaScript client can hold exactly
+
+CONNECT = "connect"
+CONNECT_ERROR = "connect_error"
+DISCONNECT = "disconnect"
+ERROR = "error"
+ACK = "ack"
+HEARTBEAT = "heartbeat"
+RESERVED_EVENTS = frozenset({CONNECT, CONNECT_ERROR, DISCONNECT, ERROR, ACK, HEARTBEAT})
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes the server uses (table in docs/protocol.md)."""
+
+    NORMAL = 1000
+    SHUTDOWN = 1001  # RFC 6455 7.4.1 "going away" (a browser closing its tab sends it too)
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012  # RFC 6455 7.4.1 via IANA: the server restarts, reconnect
+    SLOW_CONSUMER = 4000
+    SERVER_DISCONNECT = 4001
+    TOO_MANY_CONNECTIONS = 4002
+    UNSUPPORTED_PROTOCOL = 4010
+
+
+class ProtocolError(Exception):
+    """A frame the server can not accept: the peer's fault, reported with an ``error`` event.
+
+    Attributes:
+        code: a short machine-readable code, e.g. ``invalid_json``.
+        message: human text, safe to send to the client.
+        namespace: the frame's namespace when it could be read, else ``"/"``.
+        id: the frame's acknowledgement id when it could be read.
+    """
+
+    def __init__(self, code: str, message: str, *, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.namespace = namespace
+        self.id = id
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One frame, validated when built: an invalid envelope can not exist."""
+
+    event: str
+    namespace: str = DEFAULT_NAMESPACE
+    data: Any = None
+    id: int | None = None
+
+    def __post_init__(self) -> None:
+        namespace = _check_namespace(self.namespace)
+        # The length limit is decode()'s to apply: the server may configure another one.
+        _check_event(self.event, namespace, max_length=sys.maxsize)
+        if self.id is not None:
+            _check_id(self.id, namespace)
+
+
+def decode(text: str, *, max_depth: int = MAX_DEPTH, max_event_length: int = MAX_EVENT_LENGTH) -> Envelope:
+    """Parse one text frame into an :class:`Envelope`.
+
+    Raises:
+        ProtocolError: for any frame that is not a valid, strict-JSON envelope.
+    """
+    obj = parse_json(text, max_depth)
+    if type(obj) is not dict:
+        raise ProtocolError("invalid_envelope", "frame must be a JSON object")
+    namespace = _check_namespace(obj.get("namespace", DEFAULT_NAMESPACE))
+    id = obj.get("id")
+    if id is not None:
+        _check_id(id, namespace)
+    event = obj.get("event")
+    _check_event(event, namespace, id, max_event_length)
+    return Envelope(event, namespace, obj.get("data"), id)
+
+
+def encode(
+    event: str,
+    data: Any = None,
+    namespace: str = DEFAULT_NAMESPACE,
+    id: int | None = None,
+    offset: str | None = None,
+) -> str:
+    """Encode one outgoing envelope as compact, strict JSON.
+
+    ``offset`` (connection state recovery, docs/protocol.md) is always the last field, so
+    that a recorded frame can be found by the suffix :func:`offset_suffix` gives.
+
+    Raises:
+        TypeError: ``data`` holds something JSON can not represent.
+        ValueError: ``data`` holds NaN or an infinity.
+    """
+    envelope: dict[str, Any] = {"event": event, "namespace": namespace, "data": data}
+    if id is not None:
+        envelope["id"] = id
+    if offset is not None:
+        envelope["offset"] = offset
+    return _dumps(envelope)
+
+
+def offset_suffix(offset: str) -> bytes:
+    """Return how a frame encoded with ``offset`` ends."""
+    return f',"offset":"{offset}"}}'.encode()
+
+
+def valid_offset(text: str) -> bool:
+    """Tell whether ``text`` has the shape of an offset this server hands out."""
+    return 0 < len(text) <= 64 and _OFFSET.fullmatch(text) is not None
+
+
+def encode_error(code: str, message: str, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> str:
+    """Encode an ``error`` event."""
+    return encode(ERROR, {"code": code, "message": message}, namespace, id)
+
+
+def error_frame(error: ProtocolError) -> str:
+    """Encode the ``error`` event that answers a :class:`ProtocolError`."""
+    return encode_error(error.code, error.message, error.namespace, error.id)
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError("not_strict_json", f"{name} is not strict JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999, or a long literal: JSON has no infinity
+        raise ProtocolError("not_strict_json", "number out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_OFFSET = re.compile(r"[A-Za-z0-9_-]+")
+# A \u escape of a UTF-16 surrogate is the only way a lone surrogate gets into decoded text:
+# websockets already refuses frames that are not valid UTF-8 (close 1007).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def parse_json(text: str, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse strict JSON no deeper than ``max_depth``.
+
+    Raises:
+        ProtocolError: ``invalid_json``, ``not_strict_json`` or ``too_deep``.
+    """
+    try:
+        obj = _decoder.decode(text)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        # json raises RecursionError, not ValueError, near 1,000 levels.
+        raise ProtocolError("too_deep", f"nesting deeper than {max_depth} levels") from None
+    except json.JSONDecodeError:
+        raise ProtocolError("invalid_json", "frame is not valid JSON") from None
+    except ValueError:
+        # Integers past sys.get_int_max_str_digits() (4,300 digits by default).
+        raise ProtocolError("not_strict_json", "integer too long") from None
+    # The bracket count bounds the depth: only walk the tree when it could be too deep.
+    if text.count("[") + text.count("{") > max_depth and _depth(obj) > max_depth:
+        raise ProtocolError("too_deep", f"nesting deeper than {max_depth} levels")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
+        raise ProtocolError("not_strict_json", "lone UTF-16 surrogate in a string")
+    return obj
+
+
+def _depth(obj: Any) -> int:
+    """Return the nesting depth of a decoded value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack = [(obj, 0)]
+    while stack:
+        value, level = stack.pop()
+        if type(value) is dict:
+            value = value.values()
+        elif type(value) is not list:
+            continue
+        level += 1
+        deepest = max(deepest, level)
+        stack.extend((child, level) for child in value)
+    return deepest
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    stack = [obj]
+    while stack:
+        value = stack.pop()
+        if type(value) is str:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif type(value) is list:
+            stack.extend(value)
+        elif type(value) is dict:
+            stack.extend(value.keys())
+            stack.extend(value.values())
+    return False
+
+
+def _check_namespace(namespace: Any) -> str:
+    if type(namespace) is not str or not namespace.startswith("/"):
+        raise ProtocolError("invalid_namespace", "namespace must be a string starting with '/'")
+    if len(namespace) > MAX_NAMESPACE_LENGTH:
+        raise ProtocolError("invalid_namespace", f"namespace longer than {MAX_NAMESPACE_LENGTH} characters")
+    return namespace
+
+
+def _check_event(event: Any, namespace: str, id: int | None = None, max_length: int = MAX_EVENT_LENGTH) -> None:
+    if type(event) is not str or not event:
+        raise ProtocolError("invalid_event", "event must be a non-empty string", namespace=namespace, id=id)
+    if len(event) > max_length:
+        raise ProtocolError("invalid_event", f"event longer than {max_length} characters", namespace=namespace, id=id)
+
+
+def _check_id(id: Any, namespace: str) -> None:
+    if type(id) is not int or not 0 <= id <= MAX_ID:
+        raise ProtocolError("invalid_id", f"id must be an integer from 0 to {MAX_ID}", namespace=namespace)

@@ -1,0 +1,1427 @@
+"""plainsocket: Socket.IO's event model over plain WebSockets.
+
+The server, its Python API and its command line. A Flask-SocketIO app ports with a change of
+imports::
+
+    from plainsocket import SocketServer, emit
+
+    socketio = SocketServer()
+
+    @socketio.on("my event", namespace="/test")
+    def test_message(message):
+        emit("my response", {"data": message["data"]})
+
+    if __name__ == "__main__":
+        socketio.run(host="127.0.0.1", port=5000)
+
+The wire format is docs/protocol.md; ``protocol.py`` parses and encodes it, ``registry.py``
+keeps namespace and room membership. This module owns asyncio and the sockets.
+
+Errors are converted in one place per direction: a :class:`protocol.ProtocolError` is the
+client's fault and becomes an ``error`` event; an exception from application code is logged
+with its traceback and the client gets a generic ``handler_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import inspect
+import json
+import logging
+import secrets
+import signal
+import socket
+import ssl as ssl_module
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .connection import (
+    CLIENT_DISCONNECT,
+    OPEN,
+    RATE_LIMITED,
+    SERVER_DISCONNECT,
+    SERVER_SHUTDOWN,
+    SLOW_CONSUMER,
+    TOO_MANY_CONNECTIONS,
+    CallTimeoutError,
+    ClientDisconnectedError,
+    Connection,
+    LimitExceededError,
+    close_reason,
+    wire_frame,
+)
+from .context import (
+    Context,
+    close_room,
+    current,
+    disconnect,
+    emit,
+    join_room,
+    leave_room,
+    request,
+    rooms,
+    send,
+    session,
+)
+from .forwarded import TrustedProxies, client_address, parse_trusted
+from .protocol import (
+    ACK,
+    CONNECT,
+    CONNECT_ERROR,
+    DEFAULT_NAMESPACE,
+    DISCONNECT,
+    ERROR,
+    HEARTBEAT,
+    MAX_DEPTH,
+    MAX_EVENT_LENGTH,
+    CloseCode,
+    Envelope,
+    ProtocolError,
+    decode,
+    encode,
+)
+from .recovery import Recovery
+from .registry import Registry
+from .static import StaticFiles, StaticResponse
+
+# The names applications import from here, as they would from flask_socketio.
+__all__ = [
+    "CallTimeoutError",
+    "ClientDisconnectedError",
+    "LimitExceededError",
+    "Namespace",
+    "SocketServer",
+    "close_room",
+    "disconnect",
+    "emit",
+    "join_room",
+    "leave_room",
+    "request",
+    "rooms",
+    "send",
+    "session",
+]
+
+if TYPE_CHECKING:
+    from .backplane import RedisBackplane  # imported when used: Redis support costs memory
+
+logger = logging.getLogger("plainsocket")
+
+PACKAGE = Path(__file__).resolve().parent
+HEARTBEAT_FRAME = encode(HEARTBEAT).encode()
+
+# -- Handlers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Handler:
+    fn: Callable[..., Any]
+    is_async: bool
+    arity: int  # how many of the arguments the function accepts
+
+
+def _make_handler(fn: Callable[..., Any]) -> _Handler:
+    """Inspect ``fn`` once, at registration, instead of guessing on every call."""
+    positional = 0
+    for parameter in inspect.signature(fn).parameters.values():
+        if parameter.kind is parameter.VAR_POSITIONAL:
+            positional = 2
+            break
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return _Handler(fn, inspect.iscoroutinefunction(fn), positional)
+
+
+class Namespace:
+    """A class-based namespace: ``on_<event>`` methods are its handlers.
+
+    Event names with spaces reach the method with underscores: ``my event`` calls
+    ``on_my_event``. Register an instance with :meth:`SocketServer.register_namespace`.
+    """
+
+    def __init__(self, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self.namespace = namespace
+        self.server: SocketServer | None = None
+
+    def handlers(self) -> Iterator[tuple[str, Callable[..., Any]]]:
+        """Yield (event, bound method) for every ``on_<event>`` method."""
+        for name in dir(type(self)):
+            if name.startswith("on_") and callable(getattr(self, name)):
+                event = name[3:]
+                yield event, getattr(self, name)
+                if "_" in event:
+                    yield event.replace("_", " "), getattr(self, name)
+
+    def emit(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        to: str | list[str] | None = None,
+        skip_sid: str | list[str] | None = None,
+    ) -> None:
+        """Emit to this namespace (see :meth:`SocketServer.emit`)."""
+        assert self.server is not None, "register the namespace first"
+        self.server.emit(event, data, namespace=self.namespace, to=to, skip_sid=skip_sid)
+
+
+# -- The server ------------------------------------------------------------------------------
+
+
+class SocketServer(Recovery):
+    """An event server: namespaces, rooms, broadcasts and acknowledgements over WebSockets.
+
+    Constructing it has no side effects; nothing listens until :meth:`start` or :meth:`run`.
+    Every option is keyword-only; ``None`` disables a timeout.
+    """
+
+    def __init__(
+        self,
+        *,
+        # Timeouts (seconds)
+        ping_interval: float | None = 25.0,
+        ping_timeout: float | None = 20.0,
+        open_timeout: float | None = 10.0,
+        close_timeout: float = 5.0,
+        send_timeout: float = 30.0,
+        # Limits
+        max_message_size: int = 2**20,
+        max_depth: int = MAX_DEPTH,
+        max_event_length: int = MAX_EVENT_LENGTH,
+        max_namespaces: int = 32,
+        max_rooms: int = 256,
+        max_pending_acks: int = 256,
+        max_backlog: int = 1024,
+        max_backlog_bytes: int = 4 * 2**20,
+        rate_limit: float = 100.0,
+        rate_burst: int = 200,
+        max_connections: int = 10_000,
+        max_connections_per_address: int = 1_000,
+        max_send_buffer: int = 2**20,
+        # Security
+        allowed_origins: Iterable[str] | str | None = None,
+        forwarded_allow_ips: Iterable[str] | str | None = None,
+        # HTTP on the same port
+        static_files: Mapping[str, str | Mapping[str, str]] | None = None,
+        static_dir: str | Path = ".",
+        # Transport
+        compression: bool = False,
+        # Connection state recovery (off when the window is 0)
+        recovery_window: float = 0.0,
+        recovery_max_events: int = 1000,
+        recovery_max_bytes: int = 2**20,
+        # Scale-out
+        message_queue: str | None = None,
+        channel: str = "plainsocket",
+        heartbeat_interval: float = 2.0,
+    ) -> None:
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self.send_timeout = send_timeout
+        self.max_message_size = max_message_size
+        self.max_depth = max_depth
+        self.max_event_length = max_event_length
+        self.max_namespaces = max_namespaces
+        self.max_rooms = max_rooms
+        self.max_pending_acks = max_pending_acks
+        self.max_backlog = max_backlog
+        self.max_backlog_bytes = max_backlog_bytes
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        self.max_connections = max_connections
+        self.max_connections_per_address = max_connections_per_address
+        self.max_send_buffer = max_send_buffer
+        self.allowed_origins = allowed_origins
+        self.forwarded_allow_ips = forwarded_allow_ips
+        self.static_files = dict(static_files or {})
+        self.static_dir = static_dir  # relative paths in static_files start here
+        self._trusted = TrustedProxies()
+        self._origins: frozenset[str] | str = frozenset()
+        self.compression = compression
+        self.message_queue = message_queue
+        self.recovery_window = recovery_window
+        self.recovery_max_events = recovery_max_events
+        self.recovery_max_bytes = recovery_max_bytes
+        self._tokens: dict[str, str] = {}  # token digest -> sid
+        self._released: set[str] = set()  # sids being handed over to another node
+        self._offset_prefix = secrets.token_hex(4)  # offsets stay unique across a cluster
+        self._offset_count = 0
+        self.channel = channel
+        self.heartbeat_interval = heartbeat_interval
+        self.backplane: RedisBackplane | None = None
+
+        self.registry = Registry()  # live clients: what tracking and delivery see
+        self.kept_registry = Registry()  # sessions kept for a resume: delivery records for them
+        self.recoverable = 0  # how many sessions are kept
+        self._handlers: dict[str, dict[str, _Handler]] = {DEFAULT_NAMESPACE: {}}
+        self._error_handlers: dict[str, _Handler] = {}
+        self._default_error_handler: _Handler | None = None
+        self._connections: dict[str, Connection] = {}
+        self._per_address: dict[str, int] = {}
+        self._kept: dict[str, int] = {}  # sessions kept for recovery, per address
+        self._server: Server | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._to_flush: list[Connection] = []
+        self._closing = False
+        self._stop: asyncio.Event | None = None  # set by stop(), SIGTERM or SIGINT while run() serves
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.port: int | None = None
+        self.url: str | None = None
+
+    def configure(self, **options: Any) -> None:
+        """Change constructor options before the server starts (what command-line flags do).
+
+        Raises:
+            TypeError: a name that is not a constructor option.
+        """
+        known = inspect.signature(SocketServer.__init__).parameters
+        for name, value in options.items():
+            if name == "self" or name not in known:
+                raise TypeError(f"unknown SocketServer option {name!r}")
+            if name == "static_files":
+                value = {**self.static_files, **value}  # the flag's folders join the app's own files
+            setattr(self, name, value)
+
+    # -- Registration --------------------------------------------------------------------
+
+    def on(self, event: str, namespace: str = DEFAULT_NAMESPACE) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated function as the handler of ``event`` in ``namespace``.
+
+        ``connect`` handlers receive the client's auth data and may refuse it by returning
+        ``False`` or raising ``ConnectionRefusedError(message)``; ``disconnect`` handlers
+        receive the reason; ``*`` catches events that have no handler of their own and receives
+        ``(event, data)``. Any other handler receives the event's data; its return value is the
+        acknowledgement. Handlers may be ``def`` or ``async def``.
+        """
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self.on_event(event, fn, namespace)
+            return fn
+
+        return register
+
+    def on_event(self, event: str, handler: Callable[..., Any], namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Register ``handler`` for ``event`` in ``namespace`` (the non-decorator form of :meth:`on`)."""
+        if not namespace.startswith("/"):
+            raise ValueError("a namespace starts with '/'")
+        self._handlers.setdefault(namespace, {})[event] = _make_handler(handler)
+
+    def event(self, fn: Callable[..., Any] | None = None, *, namespace: str = DEFAULT_NAMESPACE) -> Any:
+        """Register a handler named after the function: ``@socketio.event`` or ``@socketio.event(namespace=...)``."""
+
+        def register(handler: Callable[..., Any]) -> Callable[..., Any]:
+            self.on_event(handler.__name__, handler, namespace)
+            return handler
+
+        return register if fn is None else register(fn)
+
+    def on_error(self, namespace: str = DEFAULT_NAMESPACE) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated function to receive the exceptions of ``namespace``'s event handlers.
+
+        The client still gets a ``handler_error``; ``request.event`` tells which event failed.
+        """
+
+        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+            self._error_handlers[namespace] = _make_handler(fn)
+            return fn
+
+        return register
+
+    def on_error_default(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """Register the decorated function for exceptions of namespaces without their own ``on_error``."""
+        self._default_error_handler = _make_handler(fn)
+        return fn
+
+    def register_namespace(self, namespace: Namespace) -> None:
+        """Register a class-based :class:`Namespace`."""
+        namespace.server = self
+        self._handlers.setdefault(namespace.namespace, {})
+        for event, method in namespace.handlers():
+            self.on_event(event, method, namespace.namespace)
+
+    # -- Emitting --------------------------------------------------------------------------
+
+    def emit(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        to: str | Iterable[str] | None = None,
+        skip_sid: str | Iterable[str] | None = None,
+        callback: Callable[..., Any] | None = None,
+    ) -> int:
+        """Emit ``event`` to everyone in ``namespace``, or to a room, a sid, or a list of them.
+
+        The frame is encoded once and written to every recipient without waiting for any of
+        them. Returns how many clients it was written to. ``callback`` (with ``to=sid``)
+        receives that client's acknowledgement, as in Flask-SocketIO; when none comes within
+        60 s, or the client goes away, a warning is logged instead.
+        """
+        if callback is not None:
+            if not isinstance(to, str):
+                raise ValueError("callback= needs to=sid: only one client can acknowledge")
+            self._spawn(self._call_back(event, data, to, namespace, callback))
+            return 1
+        offset = self._next_offset() if self.recovery_window else None
+        frame = encode(event, data, namespace, None, offset).encode()
+        if to is not None and not isinstance(to, str):
+            to = list(to)  # read an iterator once, for this node and the others
+        if skip_sid is not None and not isinstance(skip_sid, str):
+            skip_sid = list(skip_sid)
+        count = self._deliver(namespace, frame, to, skip_sid)
+        if self.backplane is not None and not (isinstance(to, str) and to in self._connections):
+            # Deliver locally first, then let the other nodes deliver to theirs.
+            self.backplane.publish_emit(namespace, event, data, to, skip_sid, offset)
+        return count
+
+    async def _call_back(self, event: str, data: Any, sid: str, namespace: str, callback: Callable[..., Any]) -> None:
+        try:
+            result = await self.call(event, data, to=sid, namespace=namespace)
+        except (CallTimeoutError, ClientDisconnectedError, LimitExceededError) as exc:
+            logger.warning("callback of %s not called (sid=%s): %s", _safe(event), sid, type(exc).__name__)
+            return
+        handler = _make_handler(callback)
+        try:
+            outcome = handler.fn(*(result,)[: handler.arity])
+            if inspect.isawaitable(outcome):
+                await outcome
+        except Exception:
+            logger.exception("callback of %s failed (sid=%s)", _safe(event), sid)
+
+    def frame(self, event: str, data: Any = None, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> bytes:
+        """Encode one frame for one client (with an offset when recovery is on)."""
+        return encode(event, data, namespace, id, self._next_offset() if self.recovery_window else None).encode()
+
+    def _error(self, code: str, message: str, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> bytes:
+        return self.frame(ERROR, {"code": code, "message": message}, namespace, id)
+
+    def _next_offset(self) -> str:
+        self._offset_count += 1
+        return f"{self._offset_prefix}-{self._offset_count}"
+
+    def send(self, data: Any, *, json: bool = False, **options: Any) -> int:
+        """Emit a ``message`` event (``json`` with ``json=True``)."""
+        return self.emit("json" if json else "message", data, **options)
+
+    def _deliver(
+        self, namespace: str, frame: bytes, to: str | Iterable[str] | None, skip_sid: str | Iterable[str] | None
+    ) -> int:
+        recipients = self.registry.recipients(namespace, to)
+        skipped = None if skip_sid is None else ({skip_sid} if isinstance(skip_sid, str) else set(skip_sid))
+        if skipped is not None:
+            recipients = recipients - skipped
+        connections = self._connections
+        wire = wire_frame(frame) if len(recipients) > 1 else None
+        count = 0
+        # Copy: a write may fail and start a disconnect, which changes membership.
+        for sid in tuple(recipients):
+            conn = connections.get(sid)
+            if conn is not None:
+                conn.send(frame, wire)
+                count += 1
+        if self.recoverable:
+            self._record_for_kept(namespace, frame, to, recipients, skipped)
+        return count
+
+    def _record_for_kept(
+        self, namespace: str, frame: bytes, to: str | Iterable[str] | None, live: set[str], skipped: set[str] | None
+    ) -> None:
+        """Record ``frame`` for the kept sessions it would have reached, for their resume."""
+        for sid in tuple(self.kept_registry.recipients(namespace, to)):
+            # A session whose disconnect handlers still run is in both registries: once.
+            if sid in live or (skipped is not None and sid in skipped):
+                continue
+            conn = self._connections.get(sid)
+            if conn is not None:
+                conn.send(frame)
+
+    async def call(
+        self, event: str, data: Any = None, *, to: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 60.0
+    ) -> Any:
+        """Emit ``event`` asking for an acknowledgement, and return it.
+
+        Addressed to a sid, return that client's acknowledgement data. Addressed to a room,
+        return the list of acknowledgements received from its members within ``timeout``.
+
+        Raises:
+            CallTimeoutError: (to a sid) no acknowledgement within ``timeout``.
+            ClientDisconnectedError: (to a sid) the client is not connected or went away.
+            LimitExceededError: (to a sid) too many acknowledgements are pending already.
+        """
+        conn = self._connections.get(to)
+        if conn is not None and conn.detached:
+            raise ClientDisconnectedError(to)  # kept for a resume, but gone: it was told so
+        if conn is not None and self.registry.is_connected(namespace, to):
+            return await self._call_one(conn, event, data, namespace, timeout)
+        if self.backplane is None:
+            results, _, _ = await self.call_local(event, data, to, namespace, timeout)
+            return results
+        (results, _, _), replies = await asyncio.gather(
+            self.call_local(event, data, to, namespace, timeout),
+            self.backplane.call(event, data, to, namespace, timeout),
+        )
+        for reply in replies:
+            if reply["single"]:  # the node that holds this sid answered
+                if reply["error"] == "timeout":
+                    raise CallTimeoutError(f"no acknowledgement of {event!r} from {to} in {timeout} s")
+                if reply["error"] is not None:
+                    raise ClientDisconnectedError(to)
+                return reply["results"][0]
+            results.extend(reply["results"])
+        return results
+
+    async def call_local(
+        self, event: str, data: Any, to: str, namespace: str, timeout: float
+    ) -> tuple[list[Any], str | None, bool]:
+        """Call the clients of this node in ``to``: (acks received, error, whether ``to`` is a local sid)."""
+        conn = self._connections.get(to)
+        if conn is not None and conn.detached:
+            return [], "disconnected", True
+        if conn is not None and self.registry.is_connected(namespace, to):
+            try:
+                return [await self._call_one(conn, event, data, namespace, timeout)], None, True
+            except CallTimeoutError:
+                return [], "timeout", True
+            except (ClientDisconnectedError, LimitExceededError):
+                return [], "disconnected", True
+        members = [c for sid in tuple(self.registry.members(namespace, to)) if (c := self._connections.get(sid))]
+        results = await asyncio.gather(
+            *(self._call_one(c, event, data, namespace, timeout) for c in members), return_exceptions=True
+        )
+        return [result for result in results if not isinstance(result, BaseException)], None, False
+
+    async def _call_one(self, conn: Connection, event: str, data: Any, namespace: str, timeout: float) -> Any:
+        if conn.ws.protocol.state is not OPEN:
+            raise ClientDisconnectedError(conn.sid)
+        id, future = conn.expect_ack()
+        try:
+            conn.send(self.frame(event, data, namespace, id))
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise CallTimeoutError(f"no acknowledgement of {event!r} from {conn.sid} in {timeout} s") from None
+        finally:
+            conn.pending.pop(id, None)
+
+    # -- Rooms and tracking ----------------------------------------------------------------
+
+    def enter_room(self, sid: str, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Put ``sid`` in ``room``.
+
+        Raises:
+            LimitExceededError: the client is in ``max_rooms`` rooms already.
+        """
+        # A dropped session is in the kept registry, and also in the live one while its
+        # disconnect handlers run: a room entered meanwhile must survive for the resume.
+        registries = [r for r in (self.registry, self.kept_registry) if r.is_connected(namespace, sid)]
+        if not registries:
+            if self.backplane is not None and sid not in self._connections:
+                self.backplane.publish("enter_room", namespace=namespace, sid=sid, room=room)
+            return
+        for registry in registries:
+            if room in registry.rooms(namespace, sid):
+                continue  # already in it: joining again changes nothing
+            if registry.room_count(namespace, sid) >= self.max_rooms + 1:  # + its own sid room
+                raise LimitExceededError(f"more than {self.max_rooms} rooms")
+            registry.enter_room(namespace, sid, room)
+
+    def _handlers_running_for(self, sid: str) -> bool:
+        """Whether ``sid`` dropped and its disconnect handlers still run (its kept rooms are set)."""
+        conn = self._connections.get(sid)
+        return conn is not None and conn.dropping is not None and not conn.dropping.done()
+
+    def leave_room(self, sid: str, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Take ``sid`` out of ``room``."""
+        if self.backplane is not None and sid not in self._connections:
+            self.backplane.publish("leave_room", namespace=namespace, sid=sid, room=room)
+        self.registry.leave_room(namespace, sid, room)
+        if not self._handlers_running_for(sid):
+            # A disconnect handler's leave_room is cleanup: the session resumes in the rooms it
+            # had at the drop (as Socket.IO persists them before its disconnect event).
+            self.kept_registry.leave_room(namespace, sid, room)
+
+    def close_room(self, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Take every member out of ``room``, on every node."""
+        self.registry.close_room(namespace, room)
+        self.kept_registry.close_room(namespace, room)
+        if self.backplane is not None:
+            self.backplane.publish("close_room", namespace=namespace, room=room)
+
+    def rooms(self, sid: str, *, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+        """Return the rooms ``sid`` is in (its own sid room first)."""
+        found = self.registry.rooms(namespace, sid)
+        if sid in found:
+            found.discard(sid)
+            return [sid, *sorted(found)]
+        return sorted(found)
+
+    def members(self, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+        """Return the sids in ``room``."""
+        return sorted(self.registry.members(namespace, room))
+
+    def sids(self, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+        """Return the sids connected to ``namespace``."""
+        return sorted(self.registry.sids(namespace))
+
+    def connection_count(self, namespace: str | None = None) -> int:
+        """Count the live clients of ``namespace``, or every open WebSocket when ``namespace`` is None.
+
+        Sessions kept for a resume are not clients: :attr:`recoverable` counts them.
+        """
+        if namespace is None:
+            return len(self._connections) - self.recoverable
+        return self.registry.count(namespace)
+
+    async def cluster_sids(self, namespace: str = DEFAULT_NAMESPACE, room: str | None = None) -> list[str]:
+        """Return the sids in ``namespace`` (or in ``room``) on every node of the cluster."""
+        sids, _ = self.local_view(namespace, room)
+        if self.backplane is not None:
+            for reply in await self.backplane.query(namespace, room):
+                sids.extend(reply["sids"] or ())
+        return sorted(set(sids))
+
+    async def cluster_count(self, namespace: str | None = None) -> int:
+        """Count the clients of ``namespace`` (every open WebSocket when None) on every node."""
+        _, count = self.local_view(namespace, None)
+        if self.backplane is not None:
+            count += sum(reply["count"] for reply in await self.backplane.query(namespace, None))
+        return count
+
+    def local_view(self, namespace: str | None, room: str | None) -> tuple[list[str], int]:
+        """Return this node's (sids, count) for ``namespace``/``room`` (all connections when None)."""
+        if namespace is None:
+            return [], len(self._connections) - self.recoverable
+        sids = self.registry.sids(namespace) if room is None else self.registry.members(namespace, room)
+        return list(sids), len(sids)
+
+    def apply_remote(self, message: dict[str, Any]) -> None:
+        """Apply a validated message from another node to this node's clients only."""
+        kind, namespace = message["kind"], message["namespace"]
+        if kind == "emit":
+            offset = (message.get("offset") or self._next_offset()) if self.recovery_window else None
+            frame = encode(message["event"], message.get("data"), namespace, None, offset).encode()
+            self._deliver(namespace, frame, message["to"], message["skip"])
+        elif kind == "enter_room" and message["sid"] in self._connections:
+            try:
+                self.enter_room(message["sid"], message["room"], namespace=namespace)
+            except LimitExceededError:
+                logger.warning("remote enter_room refused: %s is in too many rooms", message["sid"])
+        elif kind == "leave_room" and message["sid"] in self._connections:
+            self.leave_room(message["sid"], message["room"], namespace=namespace)
+        elif kind == "close_room":
+            self.registry.close_room(namespace, message["room"])
+            self.kept_registry.close_room(namespace, message["room"])
+        elif kind == "disconnect" and message["sid"] in self._connections:
+            self.disconnect(message["sid"], namespace=namespace)
+
+    def disconnect(self, sid: str, *, namespace: str | None = None) -> None:
+        """Disconnect ``sid`` from ``namespace``, or close its WebSocket (code 4001) when None."""
+        conn = self._connections.get(sid)
+        if conn is None:
+            if self.backplane is not None:
+                self.backplane.publish("disconnect", namespace=namespace, sid=sid)
+            return
+        if conn.detached:
+            # Its handlers ran at the drop: what is left is the kept state, which must not resume.
+            if namespace is None or conn.namespaces == {namespace}:
+                self._forget(conn, SERVER_DISCONNECT)
+            elif namespace in conn.namespaces:
+                self._forget_kept_namespace(conn, namespace)
+            return
+        if namespace is None:
+            self._forget_token(conn)  # a kicked client must not resume its session
+            conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
+        elif namespace in conn.namespaces:
+            self._spawn(self._leave(conn, namespace, SERVER_DISCONNECT, notify=True))
+
+    def flush_soon(self, conn: Connection) -> None:
+        """Flush ``conn`` at the end of this loop iteration (once for all its frames)."""
+        if not self._to_flush:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._to_flush.append(conn)
+
+    def _flush(self) -> None:
+        connections, self._to_flush = self._to_flush, []
+        for conn in connections:
+            conn.flush()
+
+    def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any) -> asyncio.Task[Any]:
+        """Run ``target(*args)`` as a task the server keeps a reference to."""
+        return self._spawn(target(*args))
+
+    sleep = staticmethod(asyncio.sleep)
+
+    # -- Lifecycle ---------------------------------------------------------------------------
+
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one; see :attr:`port`), or on ``sock``."""
+        self._loop = asyncio.get_running_loop()
+        self._origins = _parse_origins(self.allowed_origins)
+        self._trusted = parse_trusted(self.forwarded_allow_ips)
+        self._static_files = StaticFiles(self.static_files, base_dir=self.static_dir)
+        self._builtin = StaticFiles(_builtin_files())
+        if self.message_queue is not None:
+            # Fail before listening when Redis is unreachable: no half-working node.
+            from .backplane import RedisBackplane
+
+            self.backplane = RedisBackplane(
+                self, self.message_queue, channel=self.channel, heartbeat_interval=self.heartbeat_interval
+            )
+            await self.backplane.start()
+        self._server = await serve(
+            self._serve,
+            None if sock else host,
+            None if sock else port,
+            sock=sock,
+            create_connection=HTTPConnection,
+            process_request=self._process_request,
+            compression="deflate" if self.compression else None,
+            max_size=self.max_message_size,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            open_timeout=self.open_timeout,
+            close_timeout=self.close_timeout,
+            server_header=None,
+            ssl=ssl,
+        )
+        host, self.port = self._server.sockets[0].getsockname()[:2]
+        scheme = "https" if ssl else "http"
+        self.url = f"{'wss' if ssl else 'ws'}://{host}:{self.port}"
+        self._spawn(self._watch_slow_consumers())
+        logger.info("listening on %s://%s:%d", scheme, host, self.port)
+
+    async def shutdown(self, *, restart: bool = False) -> None:
+        """Close every client with 1001 (1012 with ``restart``), run their disconnect handlers, stop listening."""
+        if self._server is None or self._closing:
+            return
+        self._closing = True
+        code, why = (CloseCode.SERVICE_RESTART, "service restart") if restart else (CloseCode.SHUTDOWN, SERVER_SHUTDOWN)
+        for conn in list(self._connections.values()):
+            conn.close(code, why, SERVER_SHUTDOWN)
+        self._server.close(close_connections=True)
+        # Closing aborts every connection after close_timeout; bound the wait the same way.
+        closed = asyncio.ensure_future(self._server.wait_closed())
+        _, pending = await asyncio.wait([closed], timeout=self.close_timeout + 1.0)
+        if pending:
+            logger.warning("%d connection(s) still closing at shutdown", len(self._connections))
+            closed.cancel()
+        # Sessions kept for recovery have no socket left to close: let the disconnect handlers
+        # of the latest drops finish (they ran at the drop, nothing more runs), then forget them.
+        kept = [conn for conn in self._connections.values() if conn.detached]
+        running = [conn.dropping for conn in kept if conn.dropping is not None and not conn.dropping.done()]
+        if running:
+            await asyncio.wait(running, timeout=self.close_timeout)
+        for conn in kept:
+            self._forget(conn, SERVER_SHUTDOWN)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.backplane is not None:
+            await self.backplane.stop()
+        logger.info("server stopped")
+
+    def run(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 5000,
+        *,
+        ssl: ssl_module.SSLContext | None = None,
+        sock: socket.socket | None = None,
+        debug: bool = False,
+    ) -> None:
+        """Serve until SIGTERM, SIGINT or :meth:`stop`, then shut down cleanly (blocking).
+
+        With ``debug``, as Flask-SocketIO's ``run(debug=True)``: the program runs again in a
+        child process that is restarted when a source file next to it changes (clients get
+        1012 and reconnect). Under a supervisor (``--workers``, ``--reload``) it serves on the
+        socket the supervisor handed over.
+        """
+        from .supervisor import Supervisor, bind, inherited_socket
+
+        sock = sock or inherited_socket()
+        if debug and sock is None:
+            folder = Path(sys.argv[0]).resolve().parent
+            supervisor = Supervisor([sys.executable, *sys.argv], bind(host, port), reload_dirs=[folder])
+            sys.exit(supervisor.run())
+        _run_loop(self._serve_until_signal(host, port, ssl, sock))
+
+    def stop(self) -> None:
+        """Stop serving, as SIGTERM does (Flask-SocketIO's ``socketio.stop()``); callable from any thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        if self._stop is not None:
+            loop.call_soon_threadsafe(self._stop.set)
+        else:
+            loop.call_soon_threadsafe(lambda: self._spawn(self.shutdown()))
+
+    async def _serve_until_signal(
+        self, host: str, port: int, ssl: ssl_module.SSLContext | None, sock: socket.socket | None
+    ) -> None:
+        stop = self._stop = asyncio.Event()
+        restart = False
+        loop = asyncio.get_running_loop()
+
+        def on_restart() -> None:
+            nonlocal restart
+            restart = True
+            stop.set()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, on_restart)  # a supervisor restarting this worker
+        await self.start(host, port, ssl=ssl, sock=sock)
+        await stop.wait()
+        logger.info("restarting" if restart else "shutting down")
+        await self.shutdown(restart=restart)
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- HTTP on the same port ---------------------------------------------------------------
+
+    def client_address(self, ws: ServerConnection) -> str:
+        """The client's IP address: the peer's, or what a trusted proxy says (``forwarded_allow_ips``)."""
+        remote = ws.remote_address
+        peer = str(remote[0]) if remote else "?"
+        if not self._trusted or ws.request is None:
+            return peer
+        return client_address(peer, ws.request.headers, self._trusted)
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        # get_all(): a repeated header is the client's error (4xx), never a 500 with a traceback.
+        headers = request.headers
+        upgrades = [value.strip().lower() for value in headers.get_all("Upgrade")]
+        assert isinstance(connection, HTTPConnection)
+        if "websocket" not in upgrades:
+            return self._http(connection, request)
+        if upgrades != ["websocket"]:
+            return connection.respond(HTTPStatus.BAD_REQUEST, "invalid Upgrade header\n")
+        if connection.method != "GET":
+            # RFC 6455 4.1: the opening handshake is a GET; nothing else is upgraded.
+            return _static_response(connection, _not_allowed())
+        origins = headers.get_all("Origin")
+        if origins and not (len(origins) == 1 and self._origin_allowed(origins[0], headers.get_all("Host"))):
+            # Cross-site WebSocket hijacking defence: browsers always send Origin.
+            logger.warning("refused origin %s", _safe(", ".join(origins)))
+            return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
+        return None
+
+    def _origin_allowed(self, origin: str, hosts: list[str]) -> bool:
+        if self._origins == "*":
+            return True
+        if origin in self._origins:
+            return True
+        if len(hosts) != 1:
+            return False
+        # Same origin: compare the parsed host[:port] exactly, never by substring.
+        try:
+            netloc = urlsplit(origin).netloc
+        except ValueError:  # e.g. "http://[": not a URL at all
+            return False
+        return bool(hosts[0]) and netloc.lower() == hosts[0].lower()
+
+    def _http(self, connection: HTTPConnection, request: Request) -> Response:
+        """Answer a plain HTTP request: /healthz, /client.js, the app's static files, the demo page."""
+        method, path = connection.method, urlsplit(request.path).path
+        if path == "/healthz":
+            if method not in ("GET", "HEAD"):
+                return _static_response(connection, _not_allowed())
+            health = self.health()
+            status = HTTPStatus.OK if health["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
+            response = _response(connection, status, json.dumps(health), "application/json")
+            return _without_body(response) if method == "HEAD" else response
+        found = self._builtin.respond(method, request.path, request.headers) if path == "/client.js" else None
+        if found is not None and found.status < 400:
+            # A public library: any page may import it (its sockets still pass the origin check).
+            found.headers.append(("Access-Control-Allow-Origin", "*"))
+        if found is None:
+            found = self._static_files.respond(method, request.path, request.headers)
+        if found is None and path == "/":
+            found = self._builtin.respond(method, request.path, request.headers)  # the app serves no page
+        if found is None:
+            return _response(connection, HTTPStatus.NOT_FOUND, "not found\n", "text/plain; charset=utf-8")
+        return _static_response(connection, found)
+
+    def health(self) -> dict[str, Any]:
+        """Return what ``GET /healthz`` reports; status is "unhealthy" while Redis is lost."""
+        report: dict[str, Any] = {
+            "status": "ok",
+            "connections": self.connection_count(),
+            "namespaces": {ns: self.registry.count(ns) for ns in self.registry.namespaces()},
+        }
+        if self.recovery_window:
+            report["recoverable"] = self.recoverable
+        if self.backplane is not None:
+            report["redis"] = self.backplane.health()
+            if not self.backplane.link_up:
+                report["status"] = "unhealthy"
+        return report
+
+    # -- One connection's life ---------------------------------------------------------------
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        conn = await self._resume(ws) if self.recovery_window else None
+        fresh = conn is None
+        if conn is None:
+            conn = Connection(self, ws)
+            if self._over_connection_limit(conn):
+                conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS)
+                await ws.wait_closed()
+                return
+            self._connections[conn.sid] = conn
+            logger.info("connect sid=%s address=%s", conn.sid, conn.address)
+        self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
+        address = conn.address
+        try:
+            if fresh:
+                pending = self._connect_namespace(conn, DEFAULT_NAMESPACE, None)
+                if pending is not None:
+                    await pending
+            else:
+                await self._reconnect_namespaces(conn)
+            async for message in ws:
+                if type(message) is str:
+                    self._on_text(conn, message)
+                else:
+                    self._on_binary(conn)
+        except ConnectionClosed:
+            pass
+        finally:
+            remaining = self._per_address[address] - 1
+            if remaining:
+                self._per_address[address] = remaining
+            else:
+                del self._per_address[address]
+            # Else a newer socket took the session over, or it moved to another node.
+            if conn.ws is ws and not conn.detached and self._connections.get(conn.sid) is conn:
+                reason = conn.close_reason or close_reason(ws)
+                if self._keeps(conn, reason):
+                    self._drop(conn, reason)
+                else:
+                    await self._end(conn, reason)
+
+    def _over_connection_limit(self, conn: Connection) -> bool:
+        if self._per_address.get(conn.address, 0) >= self.max_connections_per_address:
+            return True
+        return len(self._connections) >= self.max_connections and not self._evict_kept_session()
+
+    def _evict_kept_session(self) -> bool:
+        """Make room for a live client by ending the oldest session kept for recovery."""
+        for kept in self._connections.values():
+            if kept.detached:
+                self._forget(kept, "its place went to a live client (max_connections)")
+                return True
+        return False
+
+    async def _end(self, conn: Connection, reason: str) -> None:
+        """End a session: run each namespace's disconnect handler exactly once, forget it."""
+        self._undetach(conn)
+        if conn.worker is not None:
+            conn.worker.cancel()
+        self._fail_pending(conn)
+        self._forget_token(conn)
+        for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
+            await self._leave(conn, namespace, reason, notify=False)
+        self._connections.pop(conn.sid, None)
+        logger.info("disconnect sid=%s address=%s reason=%s", conn.sid, conn.address, reason)
+
+    def _fail_pending(self, conn: Connection) -> None:
+        for future in conn.pending.values():
+            if not future.done():
+                future.set_exception(ClientDisconnectedError(conn.sid))
+        conn.pending.clear()
+
+    def _admit(self, conn: Connection) -> bool:
+        """Apply the per-connection token bucket; refuse (and eventually close) a flood."""
+        now = time.monotonic()
+        tokens = min(self.rate_burst, conn.tokens + (now - conn.stamp) * self.rate_limit)
+        conn.stamp = now
+        if tokens >= 1.0:
+            conn.tokens = tokens - 1.0
+            conn.refused = 0
+            return True
+        conn.tokens = tokens
+        conn.refused += 1
+        if conn.refused > self.rate_burst:
+            conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", RATE_LIMITED)
+        else:
+            conn.send(self._error("rate_limited", f"more than {self.rate_limit:g} frames per second"))
+        return False
+
+    def _on_binary(self, conn: Connection) -> None:
+        if conn.close_reason is None and self._admit(conn):
+            conn.send(self._error("binary_unsupported", "binary frames are not part of protocol v1"))
+
+    def _on_text(self, conn: Connection, text: str) -> None:
+        if conn.close_reason is not None or not self._admit(conn):
+            return  # closing: what the client still sends is not handled
+        try:
+            envelope = decode(text, max_depth=self.max_depth, max_event_length=self.max_event_length)
+        except ProtocolError as exc:
+            conn.send(self._error(exc.code, exc.message, exc.namespace, exc.id))
+            return
+        event = envelope.event
+        if event == ACK:
+            self._resolve_ack(conn, envelope)
+        elif self.recovery_window and envelope.id is not None and self._seen_before(conn, envelope.id):
+            # Re-sent after a resume: it was handled (its ack was replayed) or is still running.
+            return
+        elif event == HEARTBEAT:
+            conn.send_control(HEARTBEAT_FRAME)
+        elif conn.backlog is not None:
+            # An async handler is running: keep the client's order by queueing behind it.
+            size = len(text)
+            if len(conn.backlog) >= self.max_backlog or conn.backlog_bytes + size > self.max_backlog_bytes:
+                self._refuse(conn, envelope, "limit_exceeded", "too many frames waiting for a handler")
+            else:
+                conn.backlog.append((envelope, size))
+                conn.backlog_bytes += size
+        else:
+            pending = self._process(conn, envelope)
+            if pending is not None:
+                conn.backlog = deque()
+                conn.worker = asyncio.ensure_future(self._work(conn, pending))
+
+    async def _work(self, conn: Connection, pending: Awaitable[None]) -> None:
+        """Run an async handler, then the frames that arrived meanwhile, in order."""
+        backlog = conn.backlog
+        assert backlog is not None
+        try:
+            while True:
+                await pending
+                next_pending = None
+                while backlog and next_pending is None:
+                    envelope, size = backlog.popleft()
+                    conn.backlog_bytes -= size
+                    next_pending = self._process(conn, envelope)
+                if next_pending is None:
+                    return
+                pending = next_pending
+        finally:
+            conn.backlog = None
+            conn.backlog_bytes = 0
+            conn.worker = None
+
+    def _process(self, conn: Connection, envelope: Envelope) -> Awaitable[None] | None:
+        """Handle one frame; return an awaitable when an async handler must finish it."""
+        event, namespace = envelope.event, envelope.namespace
+        if conn.detached and event in (CONNECT, DISCONNECT):
+            # Queued behind a handler when the socket dropped: the drop already told the app.
+            return self._change_kept_namespace(conn, envelope)
+        if event == CONNECT:
+            return self._connect_namespace(conn, namespace, envelope.data)
+        if event == DISCONNECT:
+            return (
+                self._leave(conn, namespace, CLIENT_DISCONNECT, notify=False) if namespace in conn.namespaces else None
+            )
+        if event == ERROR or event == CONNECT_ERROR:
+            self._refuse(conn, envelope, "reserved_event", f"{event!r} is reserved for the server")
+            return None
+        if namespace not in conn.namespaces:
+            self._refuse(conn, envelope, "not_connected", f"not connected to namespace {namespace!r}")
+            return None
+        handlers = self._handlers[namespace]
+        # '*' names the catch-all, not an event a client can call it with directly.
+        handler = handlers.get(event) if event != "*" else None
+        args: tuple[Any, ...] = (envelope.data,)
+        if handler is None:
+            handler = handlers.get("*")
+            args = (event, envelope.data)
+            if handler is None or event in (CONNECT, DISCONNECT):
+                self._refuse(conn, envelope, "unknown_event", "no handler for this event")
+                return None
+        if handler.is_async:
+            return self._finish_async(conn, envelope, handler, args)
+        try:
+            result = self._run(conn, namespace, handler, args, envelope=envelope)
+        except Exception as exc:
+            self._handler_failed(conn, envelope, exc)
+            return None
+        if envelope.id is not None:
+            self._ack(conn, envelope, result)
+        return None
+
+    async def _finish_async(
+        self, conn: Connection, envelope: Envelope, handler: _Handler, args: tuple[Any, ...]
+    ) -> None:
+        try:
+            result = await self._run_async(conn, envelope.namespace, handler, args, envelope=envelope)
+        except Exception as exc:
+            self._handler_failed(conn, envelope, exc)
+            return
+        if envelope.id is not None:
+            self._ack(conn, envelope, result)
+
+    def _run(
+        self,
+        conn: Connection,
+        namespace: str,
+        handler: _Handler,
+        args: tuple[Any, ...],
+        recovered: bool = False,
+        envelope: Envelope | None = None,
+    ) -> Any:
+        """Call a sync handler with the context helpers bound to ``conn`` and ``namespace``."""
+        token = current.set(Context(self, conn, namespace, recovered, envelope))
+        try:
+            return handler.fn(*args[: handler.arity])
+        finally:
+            current.reset(token)
+
+    async def _run_async(
+        self,
+        conn: Connection,
+        namespace: str,
+        handler: _Handler,
+        args: tuple[Any, ...],
+        recovered: bool = False,
+        envelope: Envelope | None = None,
+    ) -> Any:
+        """Await an async handler; the context is set in the task that runs it."""
+        token = current.set(Context(self, conn, namespace, recovered, envelope))
+        try:
+            return await handler.fn(*args[: handler.arity])
+        finally:
+            current.reset(token)
+
+    def _seen_before(self, conn: Connection, id: int) -> bool:
+        """Record a client frame id; tell whether to drop the frame as a re-send after a resume."""
+        if conn.handled_before(id):
+            return conn.resumed  # plain v1 clients may reuse ids: only resumed sessions dedupe
+        conn.inflight.add(id)
+        return False
+
+    def _ack(self, conn: Connection, envelope: Envelope, result: Any) -> None:
+        try:
+            frame = self.frame(ACK, result, envelope.namespace, envelope.id)
+        except (TypeError, ValueError) as exc:
+            self._handler_failed(conn, envelope, exc)
+            return
+        conn.inflight.discard(envelope.id)  # type: ignore[arg-type]
+        conn.send(frame)
+
+    def _handler_failed(self, conn: Connection, envelope: Envelope, exc: Exception) -> None:
+        if isinstance(exc, LimitExceededError):
+            self._refuse(conn, envelope, "limit_exceeded", str(exc))
+            return
+        self._refuse(conn, envelope, "handler_error", "the event handler failed")
+        on_error = self._error_handlers.get(envelope.namespace, self._default_error_handler)
+        if on_error is not None:
+            # The application handles its errors (Flask-SocketIO's on_error): no traceback here.
+            self._spawn(self._report_error(conn, envelope, exc, on_error))
+            return
+        logger.error(
+            "handler of %s in %s failed (sid=%s)",
+            _safe(envelope.event),
+            _safe(envelope.namespace),
+            conn.sid,
+            exc_info=exc,
+        )
+
+    async def _report_error(self, conn: Connection, envelope: Envelope, exc: Exception, on_error: _Handler) -> None:
+        try:
+            if on_error.is_async:
+                await self._run_async(conn, envelope.namespace, on_error, (exc,), envelope=envelope)
+            else:
+                self._run(conn, envelope.namespace, on_error, (exc,), envelope=envelope)
+        except Exception as failure:
+            logger.error("handler of %s failed (sid=%s)", _safe(envelope.event), conn.sid, exc_info=exc)
+            logger.error("and its error handler failed too", exc_info=failure)
+
+    def _refuse(self, conn: Connection, envelope: Envelope, code: str, message: str) -> None:
+        if envelope.id is not None:
+            conn.inflight.discard(envelope.id)
+        conn.send(self._error(code, message, envelope.namespace, envelope.id))
+
+    def _resolve_ack(self, conn: Connection, envelope: Envelope) -> None:
+        future = conn.pending.pop(envelope.id, None) if envelope.id is not None else None
+        if future is None:
+            # No id on this error: the id was ours, and a client would take it for its own call's.
+            message = f"no acknowledgement with id {envelope.id} is pending"
+            conn.send(self._error("unknown_ack", message, envelope.namespace))
+        elif not future.done():
+            future.set_result(envelope.data)
+
+    # -- Namespaces --------------------------------------------------------------------------
+
+    def _connect_namespace(self, conn: Connection, namespace: str, auth: Any) -> Awaitable[None] | None:
+        handlers = self._handlers.get(namespace)
+        if handlers is None:
+            conn.send(self.frame(CONNECT_ERROR, {"message": "unknown namespace"}, namespace))
+            return None
+        if namespace in conn.namespaces:
+            conn.send_control(self._connect_frame(conn, namespace))
+            return None
+        if len(conn.namespaces) >= self.max_namespaces:
+            conn.send(self.frame(CONNECT_ERROR, {"message": "too many namespaces"}, namespace))
+            return None
+        # Join provisionally so the connect handler can use rooms and emit; hold this
+        # client's frames until the handler accepts, so that `connect` comes first.
+        self.registry.connect(namespace, conn.sid)
+        conn.namespaces.add(namespace)
+        if self.recovery_window and auth is not None:
+            # Kept for the connect handler that runs again on a resume (no auth comes with it).
+            conn.auth = conn.auth or {}
+            conn.auth[namespace] = auth
+        handler = handlers.get(CONNECT)
+        if handler is None:
+            self._settle_connect(conn, namespace, None)
+            return None
+        conn.hold, conn.held = [], 0
+        if handler.is_async:
+            return self._connect_async(conn, namespace, handler, auth)
+        try:
+            refusal = _refusal(self._run(conn, namespace, handler, (auth,)))
+        except Exception as exc:
+            refusal = self._connect_failed(conn, namespace, exc)
+        self._settle_connect(conn, namespace, refusal)
+        return None
+
+    async def _connect_async(self, conn: Connection, namespace: str, handler: _Handler, auth: Any) -> None:
+        try:
+            refusal = _refusal(await self._run_async(conn, namespace, handler, (auth,)))
+        except Exception as exc:
+            refusal = self._connect_failed(conn, namespace, exc)
+        self._settle_connect(conn, namespace, refusal)
+
+    def _connect_failed(self, conn: Connection, namespace: str, exc: Exception) -> str:
+        if isinstance(exc, ConnectionRefusedError):
+            return str(exc.args[0]) if exc.args else "connection refused"
+        logger.error("connect handler of %s failed (sid=%s)", _safe(namespace), conn.sid, exc_info=exc)
+        return "connection refused"
+
+    def _settle_connect(self, conn: Connection, namespace: str, refusal: str | None) -> None:
+        held, conn.hold = conn.hold or [], None
+        if refusal is None:
+            conn.send_control(self._connect_frame(conn, namespace))
+        else:
+            # A refused client receives nothing from that namespace.
+            self._refuse_namespace(conn, namespace, refusal)
+            held = [frame for frame in held if json.loads(frame)["namespace"] != namespace]
+        for frame in held:
+            conn.send(frame)
+
+    def _change_kept_namespace(self, conn: Connection, envelope: Envelope) -> None:
+        """Apply a client's connect or disconnect that reached a dropped session: no handler runs."""
+        namespace = envelope.namespace
+        if envelope.event == DISCONNECT:
+            self._forget_kept_namespace(conn, namespace)
+        elif namespace not in conn.namespaces:
+            message = "the connection dropped before the namespace was joined"
+            conn.send(self.frame(CONNECT_ERROR, {"message": message}, namespace))
+
+    def _forget_kept_namespace(self, conn: Connection, namespace: str) -> None:
+        conn.namespaces.discard(namespace)
+        conn.sessions.pop(namespace, None)
+        if conn.auth is not None:
+            conn.auth.pop(namespace, None)
+        self.kept_registry.disconnect(namespace, conn.sid)
+        self.registry.disconnect(namespace, conn.sid)  # in case its disconnect handler still runs
+
+    def _refuse_namespace(self, conn: Connection, namespace: str, refusal: str) -> None:
+        """Take ``conn`` out of ``namespace`` after its connect handler refused it."""
+        self.kept_registry.disconnect(namespace, conn.sid)  # it may have dropped meanwhile
+        self.registry.disconnect(namespace, conn.sid)
+        conn.namespaces.discard(namespace)
+        conn.sessions.pop(namespace, None)
+        if conn.auth is not None:
+            conn.auth.pop(namespace, None)
+        conn.send(self.frame(CONNECT_ERROR, {"message": refusal}, namespace))
+
+    async def _reconnect_namespaces(self, conn: Connection) -> None:
+        """Run a resumed session's connect handlers again, ``/`` first, with ``request.recovered``.
+
+        Its rooms and ``session`` are back already; a handler may still refuse the namespace.
+        """
+        for namespace in sorted(conn.namespaces, key=lambda ns: ns != DEFAULT_NAMESPACE):
+            handler = self._handlers[namespace].get(CONNECT)
+            if handler is None:
+                continue
+            args = ((conn.auth or {}).get(namespace),)
+            try:
+                if handler.is_async:
+                    result = await self._run_async(conn, namespace, handler, args, recovered=True)
+                else:
+                    result = self._run(conn, namespace, handler, args, recovered=True)
+                refusal = _refusal(result)
+            except Exception as exc:
+                refusal = self._connect_failed(conn, namespace, exc)
+            if refusal is not None and namespace in conn.namespaces:
+                self._refuse_namespace(conn, namespace, refusal)
+
+    async def _run_disconnect_handler(self, conn: Connection, namespace: str, reason: str) -> None:
+        handler = self._handlers[namespace].get(DISCONNECT)
+        try:
+            if handler is not None and handler.is_async:
+                await self._run_async(conn, namespace, handler, (reason,))
+            elif handler is not None:
+                self._run(conn, namespace, handler, (reason,))
+        except Exception:
+            logger.exception("disconnect handler of %s failed (sid=%s)", _safe(namespace), conn.sid)
+
+    async def _leave(self, conn: Connection, namespace: str, reason: str, *, notify: bool) -> None:
+        """Take ``conn`` out of ``namespace`` and run its disconnect handler once."""
+        if namespace not in conn.namespaces:
+            return
+        conn.namespaces.discard(namespace)
+        try:
+            await self._run_disconnect_handler(conn, namespace, reason)
+        finally:
+            # Even when cancelled; and not if the client joined again while the handler ran.
+            if namespace not in conn.namespaces:
+                self.registry.disconnect(namespace, conn.sid)
+                conn.sessions.pop(namespace, None)
+                if conn.auth is not None:
+                    conn.auth.pop(namespace, None)
+        if notify:
+            conn.send(self.frame(DISCONNECT, None, namespace))
+
+    # -- Slow consumers ---------------------------------------------------------------------
+
+    async def _watch_slow_consumers(self) -> None:
+        """Close clients whose write buffer has not moved for ``send_timeout`` seconds.
+
+        websockets' keepalive can not catch them: its ping waits behind the full buffer.
+        """
+        interval = min(1.0, self.send_timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self._connections.values()):
+                buffered = conn.ws.transport.get_write_buffer_size()
+                progress = conn.written - buffered
+                if buffered == 0 or progress > conn.progress:
+                    conn.stalled_since = None
+                elif conn.stalled_since is None:
+                    conn.stalled_since = now
+                elif now - conn.stalled_since > self.send_timeout:
+                    conn.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
+                conn.progress = progress
+
+
+# -- Helpers -------------------------------------------------------------------------------
+
+
+def _refusal(result: Any) -> str | None:
+    return "connection refused" if result is False else None
+
+
+def _safe(text: str, limit: int = 100) -> str:
+    """Render client-provided text for a log line: quoted, escaped, truncated."""
+    return repr(text[:limit]) + ("..." if len(text) > limit else "")
+
+
+def _parse_origins(origins: Iterable[str] | str | None) -> frozenset[str] | str:
+    if origins is None:
+        return frozenset()
+    if isinstance(origins, str):
+        origins = [part.strip() for part in origins.split(",") if part.strip()]
+    origins = list(origins)
+    if "*" in origins:
+        logger.warning("allowed_origins '*': any web site can drive your users' sockets")
+        return "*"
+    return frozenset(origin.rstrip("/") for origin in origins)
+
+
+def _builtin_files() -> dict[str, str]:
+    """The files every server has: client.js, and the demo page for an app that serves no ``/``.
+
+    The demo page is the repository's top-level client.html; a wheel carries it inside the package.
+    """
+    files = {"/client.js": str(PACKAGE / "static" / "client.js")}
+    for page in (PACKAGE / "static" / "client.html", PACKAGE.parent / "client.html"):
+        if page.is_file():
+            files["/"] = str(page)
+            break
+    return files
+
+
+class HTTPConnection(ServerConnection):
+    """A connection whose plain HTTP requests may use any method.
+
+    websockets parses GET requests only (an opening handshake is a GET) and drops any other
+    without an answer, so ``curl -I`` would get nothing. The method on the request line is
+    swapped for GET before websockets parses it, and remembered: HEAD gets its headers without
+    a body, other methods 405, and a request that was not a GET is never upgraded.
+    """
+
+    method = "GET"
+    _start: bytes | None = b""  # the first bytes of the stream, until the method is known
+
+    def data_received(self, data: bytes) -> None:
+        if self._start is None:
+            super().data_received(data)
+            return
+        data = self._start + data
+        space = data.find(b" ", 0, 16)
+        if space == -1 and len(data) < 16:
+            self._start = data  # the request line arrives in pieces
+            return
+        self._start = None
+        method = data[:space] if space > 0 else b""
+        if method != b"GET" and method.isalpha() and method.isupper():
+            self.method = method.decode("ascii")
+            data = b"GET" + data[space:]
+        super().data_received(data)
+
+
+def _not_allowed() -> StaticResponse:
+    return StaticResponse(HTTPStatus.METHOD_NOT_ALLOWED, [("Allow", "GET, HEAD")], b"")
+
+
+def _static_response(connection: ServerConnection, found: StaticResponse) -> Response:
+    headers = Headers(found.headers)
+    headers["Date"] = email.utils.formatdate(usegmt=True)
+    headers["Connection"] = "close"
+    if "Content-Length" not in headers and found.status != HTTPStatus.NOT_MODIFIED:
+        headers["Content-Length"] = str(len(found.body))
+    return Response(found.status.value, found.status.phrase, headers, found.body)
+
+
+def _without_body(response: Response) -> Response:
+    """The answer to HEAD: the same headers (Content-Length included), no body."""
+    return Response(response.status_code, response.reason_phrase, response.headers, b"")
+
+
+def _response(connection: ServerConnection, status: HTTPStatus, body: str, content_type: str) -> Response:
+    response = connection.respond(status, body)
+    del response.headers["Content-Type"]
+    response.headers["Content-Type"] = content_type
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+def _run_loop(main: Awaitable[None]) -> None:
+    """Run ``main`` on uvloop when it is installed (faster), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)  # type: ignore[arg-type]
+    else:
+        uvloop.run(main)  # type: ignore[arg-type]
