@@ -222,13 +222,15 @@ def main(
 
 def _serve(app: SocketServer, args: argparse.Namespace, sock: Any) -> None:
     try:
-        app.run(args.host, args.port, ssl=tls_context(args.certfile, args.keyfile), sock=sock)
+        context = tls_context(args.certfile, args.keyfile)
+        app.run(args.host, args.port, ssl=context, sock=sock)
     except Exception as exc:
-        from .backplane import BackplaneError
+        from .backplane import BackplaneError  # only now: Redis support costs memory
 
-        if not isinstance(exc, BackplaneError):
-            raise
-        logger.error("%s", exc)  # Redis unreachable at start: one clear line, no traceback
+        # Start-up failures (Redis unreachable, port taken, a static file missing): one clear line.
+        if app.port is not None or not isinstance(exc, (BackplaneError, OSError, ValueError)):
+            raise  # a crash while serving, or a bug: its traceback is the message
+        logger.error("can not start: %s", exc)
         sys.exit(1)
 
 
