@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
 from pathlib import Path
@@ -334,21 +333,6 @@ def test_fifo_is_404_without_blocking(tree: Path) -> None:
         pytest.skip("no FIFOs on this platform")
     os.mkfifo(tree / "public" / "pipe.js")
     assert get(assets(tree), "/assets/pipe.js").status == HTTPStatus.NOT_FOUND
-
-
-def test_unreadable_file_is_404(tree: Path) -> None:
-    """A file the server may not read is 404, not 500."""
-    locked = tree / "public" / "locked.js"
-    locked.write_bytes(b"locked\n")
-    locked.chmod(0)
-    try:
-        if os.access(locked, os.R_OK):
-            pytest.skip("running as a user who can read anything (root)")
-        response = get(assets(tree), "/assets/locked.js")
-        assert response.status == HTTPStatus.NOT_FOUND
-        assert b"locked" not in response.body
-    finally:
-        locked.chmod(stat.S_IRUSR | stat.S_IWUSR)
 
 
 def test_open_failure_is_404(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
