@@ -27,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -144,6 +145,7 @@ class RedisBackplane:
     ) -> None:
         self.server = server
         self.url = url
+        self.shown_url = redact(url)  # what log lines say: never the password
         self.channel = channel
         self.node = secrets.token_hex(6)
         self.heartbeat_interval = heartbeat_interval
@@ -188,7 +190,7 @@ class RedisBackplane:
                 await self.redis.ping()
         except (redis.RedisError, OSError, TimeoutError) as exc:
             await self.redis.aclose()
-            raise BackplaneError(f"can not reach Redis at {self.url}: {exc or type(exc).__name__}") from None
+            raise BackplaneError(f"can not reach Redis at {self.shown_url}: {exc or type(exc).__name__}") from None
         subscribed = asyncio.get_running_loop().create_future()
         self._tasks = [
             asyncio.create_task(self._listen(subscribed)),
@@ -198,7 +200,7 @@ class RedisBackplane:
         await asyncio.wait_for(subscribed, 5)
         await self._beat()
         self._set_link(reachable=True)
-        logger.info("node %s joined the cluster on %s", self.node, self.url)
+        logger.info("node %s joined the cluster on %s", self.node, self.shown_url)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -307,9 +309,9 @@ class RedisBackplane:
         if reachable is not None:
             self._reachable = reachable
         if was_up and not self.link_up:
-            logger.error("lost Redis at %s: %s", self.url, (why and str(why)) or type(why).__name__)
+            logger.error("lost Redis at %s: %s", self.shown_url, (why and str(why)) or type(why).__name__)
         elif self.link_up and not was_up:
-            logger.info("connected to Redis at %s", self.url)
+            logger.info("connected to Redis at %s", self.shown_url)
 
     # -- Subscribing -----------------------------------------------------------------------
 
@@ -570,6 +572,17 @@ class Emitter:
 
     def close(self) -> None:
         self.redis.close()
+
+
+def redact(url: str) -> str:
+    """``redis://user:secret@host:6379/0`` -> ``redis://user:***@host:6379/0``, for log lines."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _found(reply: dict[str, Any]) -> bool:

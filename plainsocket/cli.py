@@ -17,7 +17,7 @@ import ssl as ssl_module
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .server import SocketServer
 from .supervisor import Supervisor, bind, inherited_socket
@@ -84,32 +84,34 @@ def _server_flags(add: Callable[..., Any]) -> None:
         text = f"{help} (default {defaults[name]!r})".strip() if name in defaults else help
         add(flag, type=kind, dest=name, default=argparse.SUPPRESS, help=text, **extra)
 
-    option("--ping-interval", _seconds, "seconds between keepalive pings")
-    option("--ping-timeout", _seconds, "seconds a ping waits for its pong")
-    option("--open-timeout", _seconds, "seconds a handshake may take")
-    option("--close-timeout", float, "seconds a closing handshake may take")
-    option("--send-timeout", float, "close a client whose writes stall this long")
-    option("--max-message-size", int, "bytes per received message")
-    option("--max-depth", int, "nesting levels of a frame's JSON")
-    option("--max-event-length", int, "characters of an event name")
-    option("--max-namespaces", int, "namespaces per client")
-    option("--max-rooms", int, "rooms per client and namespace")
-    option("--max-pending-acks", int, "server calls waiting for one client")
-    option("--max-backlog", int, "frames queued behind a busy async handler")
-    option("--max-backlog-bytes", int, "bytes queued behind a busy async handler")
-    option("--rate-limit", float, "frames per second per connection")
-    option("--rate-burst", int, "frames a connection may send at once")
-    option("--max-connections", int, "clients per process")
-    option("--max-connections-per-address", int, "clients per IP address")
-    option("--max-send-buffer", int, "bytes queued per client before it is dropped")
+    positive, count, size = _at_least(float, 0.0, strict=True), _at_least(int, 1), _at_least(int, 1024)
+    duration = _at_least(float, 0.0, strict=True, none=True)
+    option("--ping-interval", duration, "seconds between keepalive pings ('none': off)")
+    option("--ping-timeout", duration, "seconds a ping waits for its pong ('none': off)")
+    option("--open-timeout", duration, "seconds a handshake may take ('none': off)")
+    option("--close-timeout", positive, "seconds a closing handshake may take")
+    option("--send-timeout", positive, "close a client whose writes stall this long")
+    option("--max-message-size", size, "bytes per received message")
+    option("--max-depth", count, "nesting levels of a frame's JSON")
+    option("--max-event-length", count, "characters of an event name")
+    option("--max-namespaces", count, "namespaces per client")
+    option("--max-rooms", count, "rooms per client and namespace")
+    option("--max-pending-acks", count, "server calls waiting for one client")
+    option("--max-backlog", count, "frames queued behind a busy async handler")
+    option("--max-backlog-bytes", size, "bytes queued behind a busy async handler")
+    option("--rate-limit", positive, "frames per second per connection")
+    option("--rate-burst", count, "frames a connection may send at once")
+    option("--max-connections", count, "clients per process")
+    option("--max-connections-per-address", count, "clients per IP address")
+    option("--max-send-buffer", size, "bytes queued per client before it is dropped")
     option("--allowed-origins", str, "comma-separated origins, or '*' (none: same origin only)")
-    option("--forwarded-allow-ips", str, "proxies whose X-Forwarded-For / Forwarded are believed: '127.0.0.1', '*'")
-    option("--recovery-window", float, "seconds a dropped session is kept for a resume (0: off)")
-    option("--recovery-max-events", int, "frames kept per session for a resume")
-    option("--recovery-max-bytes", int, "bytes kept per session for a resume")
-    option("--redis", str, "scale out: redis://host:6379/0", dest="message_queue", metavar="URL")
+    option("--forwarded-allow-ips", _trusted, "proxies whose X-Forwarded-For / Forwarded are believed ('*': all)")
+    option("--recovery-window", _at_least(float, 0.0), "seconds a dropped session is kept for a resume (0: off)")
+    option("--recovery-max-events", count, "frames kept per session for a resume")
+    option("--recovery-max-bytes", size, "bytes kept per session for a resume")
+    option("--redis", _redis_url, "scale out: redis://host:6379/0", dest="message_queue", metavar="URL")
     option("--channel", str, "Redis channel prefix shared by the cluster's nodes")
-    option("--heartbeat-interval", float, "seconds between a node's Redis heartbeats")
+    option("--heartbeat-interval", _at_least(float, 0.05), "seconds between a node's Redis heartbeats")
     add(
         "--compression",
         action="store_true",
@@ -126,9 +128,55 @@ def _server_flags(add: Callable[..., Any]) -> None:
     )
 
 
-def _seconds(text: str) -> float | None:
-    """A duration flag; 'none' disables it."""
-    return None if text.lower() == "none" else float(text)
+def _at_least(
+    kind: Callable[[str], Any], low: float, *, strict: bool = False, none: bool = False
+) -> Callable[[str], Any]:
+    """A flag's type: a number of ``kind`` at least (or, ``strict``, above) ``low``; 'none' if allowed."""
+    relation = ">" if strict else ">="
+    name = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        if none and text.lower() == "none":
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {name} {relation} {low:g}, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < low or (strict and value == low):
+            allowed = f"{relation} {low:g}" + (" or 'none'" if none else "")
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+
+    return parse
+
+
+def _trusted(text: str) -> str:
+    from .forwarded import parse_trusted
+
+    try:
+        parse_trusted(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _redis_url(text: str) -> str:
+    if not text.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError(f"expected redis://host:port/db, rediss:// or unix://, got {text!r}")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: the flag, what it takes, what it got."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535, got {text!r}")
+    return int(text)
 
 
 def _static_mapping(text: str) -> tuple[str, str]:
@@ -139,7 +187,7 @@ def _static_mapping(text: str) -> tuple[str, str]:
 
 
 def build_parser(prog: str | None = None, *, default_app: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog,
         description="Run a plainsocket app: a SocketServer object, named module:attribute.",
     )
@@ -154,10 +202,10 @@ def build_parser(prog: str | None = None, *, default_app: str | None = None) -> 
     add("--factory", action="store_true", help="APP is a function that returns the SocketServer")
     add("--app-dir", default=".", help="folder to import APP's module from (default: the current one)")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    add("--port", type=int, default=5000, help="0 picks a free port (default 5000)")
+    add("--port", type=_port, default=5000, help="0 picks a free port (default 5000)")
     add("--certfile", default=None, help="serve wss:// and https:// with this certificate")
     add("--keyfile", default=None)
-    add("--workers", type=int, default=1, help="run N processes on one port; they form a cluster on --redis")
+    add("--workers", type=_at_least(int, 1), default=1, help="run N processes on one port; a cluster on --redis")
     add("--reload", action="store_true", help="restart when a source file changes (needs watchfiles)")
     add("--reload-dir", action="append", default=None, help="folder to watch with --reload (default: --app-dir)")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -72,6 +72,7 @@ class Connection:
         "progress",
         "refused",
         "resumed",
+        "running",
         "seen",
         "server",
         "sessions",
@@ -101,6 +102,7 @@ class Connection:
         self.backlog: deque[tuple[Envelope, int]] | None = None  # frames (and sizes) behind an async handler
         self.backlog_bytes = 0
         self.worker: asyncio.Task[None] | None = None
+        self.running = 0  # concurrent=True handlers running now
         self.hold: list[bytes] | None = None  # frames held back while a connect handler runs
         self.held = 0  # bytes in hold (reset with it)
         self.unflushed = 0  # bytes framed in the protocol since the last flush

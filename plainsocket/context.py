@@ -8,9 +8,12 @@ operations exist as :class:`server.SocketServer` methods for code outside handle
 from __future__ import annotations
 
 import contextvars
+import logging
 from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass
+from http.cookies import CookieError, SimpleCookie
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 
@@ -29,6 +32,8 @@ class Context:
     recovered: bool = False  # a connect handler run on a resume of a kept session
     envelope: Envelope | None = None  # the frame being handled, if any
 
+
+logger = logging.getLogger("plainsocket")
 
 current: contextvars.ContextVar[Context] = contextvars.ContextVar("plainsocket_context")
 
@@ -64,6 +69,24 @@ class _Request:
     @property
     def remote_address(self) -> str:
         return _context().conn.address
+
+    remote_addr = remote_address  # Flask's name
+
+    @property
+    def args(self) -> dict[str, str]:
+        """The handshake URL's query parameters (the first value of each), as Flask's ``request.args``."""
+        return {name: values[0] for name, values in parse_qs(urlsplit(self.path).query).items()}
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """The handshake's cookies."""
+        jar = SimpleCookie()
+        for header in self.headers.get_all("Cookie"):
+            try:
+                jar.load(header)
+            except CookieError:
+                continue  # a malformed cookie header is the client's problem, not a crash
+        return {name: morsel.value for name, morsel in jar.items()}
 
     @property
     def event(self) -> dict[str, Any] | None:
@@ -128,7 +151,16 @@ def emit(
         context.server.emit(event, data, namespace=namespace, to=to or context.conn.sid, callback=callback)
         return
     if to is None and not broadcast:
-        context.conn.send(context.server.frame(event, data, namespace))
+        server, conn = context.server, context.conn
+        if namespace not in conn.namespaces:
+            # Never reach a client in a namespace it did not join (or was refused by).
+            logger.warning("emit of %r not sent: sid=%s is not in namespace %r", event[:100], conn.sid, namespace[:100])
+            return
+        if server._from_other_thread():  # a handler's work in asyncio.to_thread
+            server.frame(event, data, namespace)  # validate in the caller
+            server._on_loop(lambda: conn.send(server.frame(event, data, namespace)))
+            return
+        conn.send(server.frame(event, data, namespace))
         return
     if not include_self:
         skip_sid = _with(skip_sid, context.conn.sid)

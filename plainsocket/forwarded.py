@@ -61,34 +61,44 @@ def client_address(peer: str, headers: Headers, trusted: TrustedProxies) -> str:
     """Return the client's address: ``peer``, or what trusted proxies say when ``peer`` is one.
 
     Walks the forwarded chain from the nearest hop back, past every trusted proxy, and returns
-    the first address not trusted (the client as the outermost trusted proxy saw it).
+    the first address not trusted (the client as the outermost trusted proxy saw it). A hop
+    that is not an IP address (``unknown``, ``_hidden``, garbage) ends the walk at the trusted
+    hop before it: whatever stands further left was written by nobody the server trusts.
     """
     if not trusted or peer not in trusted:
         return peer
-    chain = _forwarded_chain(headers)
-    if not chain:
-        return peer
-    for hop in reversed(chain):
+    nearest = peer
+    for hop in reversed(_forwarded_chain(headers)):
+        if hop is None:
+            return nearest
         if hop not in trusted:
             return hop
-    return chain[0]
+        nearest = hop
+    return nearest  # every hop is trusted: the farthest one
 
 
-def _forwarded_chain(headers: Headers) -> list[str]:
-    """The addresses a request passed through, client first (RFC 7239 ``Forwarded`` or ``X-Forwarded-For``)."""
+def _forwarded_chain(headers: Headers) -> list[str | None]:
+    """The hops a request passed through, client first (``X-Forwarded-For``, else RFC 7239 ``Forwarded``).
+
+    One entry per hop: its IP address, or None where the hop named none. ``X-Forwarded-For``
+    comes first, as uvicorn reads it: it is what nginx and most load balancers write, and a
+    client's own ``Forwarded`` header, which such a proxy passes on untouched, must not win.
+    """
     hops: list[str] = []
-    forwarded = headers.get_all("Forwarded")
-    if forwarded:
-        for value in forwarded:
+    forwarded_for = headers.get_all("X-Forwarded-For")
+    if forwarded_for:
+        for value in forwarded_for:
+            hops.extend(_strip_address(part) for part in value.split(","))
+    else:
+        for value in headers.get_all("Forwarded"):
             for element in value.split(","):
+                named = ""  # an element without for= names no address
                 for pair in element.split(";"):
                     name, _, raw = pair.strip().partition("=")
                     if name.lower() == "for":
-                        hops.append(_strip_address(raw))
-    else:
-        for value in headers.get_all("X-Forwarded-For"):
-            hops.extend(_strip_address(part) for part in value.split(","))
-    return [hop for hop in hops if _is_address(hop)]
+                        named = _strip_address(raw)
+                hops.append(named)
+    return [hop if _is_address(hop) else None for hop in hops]
 
 
 def _strip_address(raw: str) -> str:

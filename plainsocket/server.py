@@ -25,6 +25,7 @@ with its traceback and the client gets a generic ``handler_error``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import inspect
 import json
@@ -34,6 +35,7 @@ import signal
 import socket
 import ssl as ssl_module
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -122,6 +124,8 @@ logger = logging.getLogger("plainsocket")
 
 PACKAGE = Path(__file__).resolve().parent
 HEARTBEAT_FRAME = encode(HEARTBEAT).encode()
+# Frames whose id nobody answers: remembering their ids would let a client grow memory forever.
+_NEVER_ACKED = frozenset({CONNECT, DISCONNECT, HEARTBEAT})
 
 # -- Handlers ------------------------------------------------------------------------------
 
@@ -131,9 +135,10 @@ class _Handler:
     fn: Callable[..., Any]
     is_async: bool
     arity: int  # how many of the arguments the function accepts
+    concurrent: bool = False  # run without waiting for the client's earlier events
 
 
-def _make_handler(fn: Callable[..., Any]) -> _Handler:
+def _make_handler(fn: Callable[..., Any], concurrent: bool = False) -> _Handler:
     """Inspect ``fn`` once, at registration, instead of guessing on every call."""
     positional = 0
     for parameter in inspect.signature(fn).parameters.values():
@@ -142,7 +147,7 @@ def _make_handler(fn: Callable[..., Any]) -> _Handler:
             break
         if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
             positional += 1
-    return _Handler(fn, inspect.iscoroutinefunction(fn), positional)
+    return _Handler(fn, inspect.iscoroutinefunction(fn), positional, concurrent)
 
 
 class Namespace:
@@ -174,8 +179,32 @@ class Namespace:
         skip_sid: str | list[str] | None = None,
     ) -> None:
         """Emit to this namespace (see :meth:`SocketServer.emit`)."""
-        assert self.server is not None, "register the namespace first"
-        self.server.emit(event, data, namespace=self.namespace, to=to, skip_sid=skip_sid)
+        self._server().emit(event, data, namespace=self.namespace, to=to, skip_sid=skip_sid)
+
+    def send(self, data: Any, *, json: bool = False, **options: Any) -> None:
+        """Emit a ``message`` event (``json`` with ``json=True``) in this namespace."""
+        self.emit("json" if json else "message", data, **options)
+
+    def enter_room(self, sid: str, room: str) -> None:
+        self._server().enter_room(sid, room, namespace=self.namespace)
+
+    def leave_room(self, sid: str, room: str) -> None:
+        self._server().leave_room(sid, room, namespace=self.namespace)
+
+    def close_room(self, room: str) -> None:
+        self._server().close_room(room, namespace=self.namespace)
+
+    def rooms(self, sid: str) -> list[str]:
+        return self._server().rooms(sid, namespace=self.namespace)
+
+    def disconnect(self, sid: str) -> None:
+        """Take ``sid`` out of this namespace."""
+        self._server().disconnect(sid, namespace=self.namespace)
+
+    def _server(self) -> SocketServer:
+        if self.server is None:
+            raise RuntimeError("register the namespace first: socketio.register_namespace(...)")
+        return self.server
 
 
 # -- The server ------------------------------------------------------------------------------
@@ -280,6 +309,7 @@ class SocketServer(Recovery):
         self._closing = False
         self._stop: asyncio.Event | None = None  # set by stop(), SIGTERM or SIGINT while run() serves
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
         self.port: int | None = None
         self.url: str | None = None
 
@@ -299,7 +329,9 @@ class SocketServer(Recovery):
 
     # -- Registration --------------------------------------------------------------------
 
-    def on(self, event: str, namespace: str = DEFAULT_NAMESPACE) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def on(
+        self, event: str, namespace: str = DEFAULT_NAMESPACE, *, concurrent: bool = False
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Register the decorated function as the handler of ``event`` in ``namespace``.
 
         ``connect`` handlers receive the client's auth data and may refuse it by returning
@@ -307,19 +339,27 @@ class SocketServer(Recovery):
         receive the reason; ``*`` catches events that have no handler of their own and receives
         ``(event, data)``. Any other handler receives the event's data; its return value is the
         acknowledgement. Handlers may be ``def`` or ``async def``.
+
+        A client's events are handled in the order they arrive: an ``async def`` handler holds
+        the ones behind it until it returns. ``concurrent=True`` (for an ``async def``) lets
+        the next events run meanwhile, as Flask-SocketIO's ``async_handlers`` does: for a long
+        stream whose client must still be able to say "stop". At most ``max_backlog`` of them
+        run at once per client.
         """
 
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.on_event(event, fn, namespace)
+            self.on_event(event, fn, namespace, concurrent=concurrent)
             return fn
 
         return register
 
-    def on_event(self, event: str, handler: Callable[..., Any], namespace: str = DEFAULT_NAMESPACE) -> None:
+    def on_event(
+        self, event: str, handler: Callable[..., Any], namespace: str = DEFAULT_NAMESPACE, *, concurrent: bool = False
+    ) -> None:
         """Register ``handler`` for ``event`` in ``namespace`` (the non-decorator form of :meth:`on`)."""
         if not namespace.startswith("/"):
             raise ValueError("a namespace starts with '/'")
-        self._handlers.setdefault(namespace, {})[event] = _make_handler(handler)
+        self._handlers.setdefault(namespace, {})[event] = _make_handler(handler, concurrent)
 
     def event(self, fn: Callable[..., Any] | None = None, *, namespace: str = DEFAULT_NAMESPACE) -> Any:
         """Register a handler named after the function: ``@socketio.event`` or ``@socketio.event(namespace=...)``."""
@@ -364,15 +404,30 @@ class SocketServer(Recovery):
         namespace: str = DEFAULT_NAMESPACE,
         to: str | Iterable[str] | None = None,
         skip_sid: str | Iterable[str] | None = None,
+        include_self: bool = True,
         callback: Callable[..., Any] | None = None,
     ) -> int:
         """Emit ``event`` to everyone in ``namespace``, or to a room, a sid, or a list of them.
 
         The frame is encoded once and written to every recipient without waiting for any of
-        them. Returns how many clients it was written to. ``callback`` (with ``to=sid``)
+        them. Returns how many clients of this node it was written to (0 when called from
+        another thread: the emit is handed to the server's loop). ``include_self=False``
+        inside a handler skips the client being handled. ``callback`` (with ``to=sid``)
         receives that client's acknowledgement, as in Flask-SocketIO; when none comes within
         60 s, or the client goes away, a warning is logged instead.
         """
+        if to is not None and not isinstance(to, str):
+            to = list(to)  # read an iterator once, for this node and the others
+        _check_rooms(to)
+        if self._from_other_thread():
+            # Flask-SocketIO apps emit from threads: validate here, deliver on the loop.
+            encode(event, data, namespace)
+            self._on_loop(self.emit, event, data, namespace=namespace, to=to, skip_sid=skip_sid, callback=callback)
+            return 0
+        if not include_self:
+            context = current.get(None)
+            if context is not None:
+                skip_sid = _with_sid(skip_sid, context.conn.sid)
         if callback is not None:
             if not isinstance(to, str):
                 raise ValueError("callback= needs to=sid: only one client can acknowledge")
@@ -380,8 +435,6 @@ class SocketServer(Recovery):
             return 1
         offset = self._next_offset() if self.recovery_window else None
         frame = encode(event, data, namespace, None, offset).encode()
-        if to is not None and not isinstance(to, str):
-            to = list(to)  # read an iterator once, for this node and the others
         if skip_sid is not None and not isinstance(skip_sid, str):
             skip_sid = list(skip_sid)
         count = self._deliver(namespace, frame, to, skip_sid)
@@ -451,25 +504,37 @@ class SocketServer(Recovery):
             if conn is not None:
                 conn.send(frame)
 
-    async def call(
+    def call(
         self, event: str, data: Any = None, *, to: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 60.0
     ) -> Any:
-        """Emit ``event`` asking for an acknowledgement, and return it.
+        """Emit ``event`` asking for an acknowledgement, and return it (``await socketio.call(...)``).
 
         Addressed to a sid, return that client's acknowledgement data. Addressed to a room,
         return the list of acknowledgements received from its members within ``timeout``.
+        From another thread it blocks that thread and returns the result itself.
 
         Raises:
             CallTimeoutError: (to a sid) no acknowledgement within ``timeout``.
-            ClientDisconnectedError: (to a sid) the client is not connected or went away.
+            ClientDisconnectedError: the client is not connected or went away; or, on a
+                single node, nobody in ``to`` is connected (an unknown sid, an empty room).
             LimitExceededError: (to a sid) too many acknowledgements are pending already.
         """
+        if self._from_other_thread():
+            assert self._loop is not None
+            future = asyncio.run_coroutine_threadsafe(self._call(event, data, to, namespace, timeout), self._loop)
+            return future.result(timeout + 5)
+        return self._call(event, data, to, namespace, timeout)
+
+    async def _call(self, event: str, data: Any, to: str, namespace: str, timeout: float) -> Any:
+        """The body of :meth:`call`, on the loop."""
         conn = self._connections.get(to)
         if conn is not None and conn.detached:
             raise ClientDisconnectedError(to)  # kept for a resume, but gone: it was told so
         if conn is not None and self.registry.is_connected(namespace, to):
             return await self._call_one(conn, event, data, namespace, timeout)
         if self.backplane is None:
+            if not self.registry.members(namespace, to):
+                raise ClientDisconnectedError(to)  # no such sid here, or nobody in that room
             results, _, _ = await self.call_local(event, data, to, namespace, timeout)
             return results
         (results, _, _), replies = await asyncio.gather(
@@ -519,6 +584,24 @@ class SocketServer(Recovery):
         finally:
             conn.pending.pop(id, None)
 
+    # -- Sessions outside handlers -----------------------------------------------------------
+
+    def get_session(self, sid: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+        """Return the ``session`` dict of ``sid`` in ``namespace`` (python-socketio's name).
+
+        Raises:
+            ClientDisconnectedError: no such client on this node.
+        """
+        conn = self._connections.get(sid)
+        if conn is None or namespace not in conn.namespaces:
+            raise ClientDisconnectedError(sid)
+        return conn.sessions.setdefault(namespace, {})
+
+    def save_session(self, sid: str, data: Mapping[str, Any], namespace: str = DEFAULT_NAMESPACE) -> None:
+        """Replace the ``session`` dict of ``sid`` in ``namespace``."""
+        self.get_session(sid, namespace)
+        self._connections[sid].sessions[namespace] = dict(data)
+
     # -- Rooms and tracking ----------------------------------------------------------------
 
     def enter_room(self, sid: str, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
@@ -527,9 +610,16 @@ class SocketServer(Recovery):
         Raises:
             LimitExceededError: the client is in ``max_rooms`` rooms already.
         """
+        _check_rooms(room)
+        if self._from_other_thread():
+            self._on_loop(self.enter_room, sid, room, namespace=namespace)
+            return
         # A dropped session is in the kept registry, and also in the live one while its
-        # disconnect handlers run: a room entered meanwhile must survive for the resume.
+        # disconnect handlers run: a room other code puts it in meanwhile must survive for the
+        # resume; one its own handlers enter is not part of the session that was dropped.
         registries = [r for r in (self.registry, self.kept_registry) if r.is_connected(namespace, sid)]
+        if self._own_drop_handler(sid):
+            registries = [r for r in registries if r is self.registry]
         if not registries:
             if self.backplane is not None and sid not in self._connections:
                 self.backplane.publish("enter_room", namespace=namespace, sid=sid, room=room)
@@ -541,23 +631,38 @@ class SocketServer(Recovery):
                 raise LimitExceededError(f"more than {self.max_rooms} rooms")
             registry.enter_room(namespace, sid, room)
 
-    def _handlers_running_for(self, sid: str) -> bool:
-        """Whether ``sid`` dropped and its disconnect handlers still run (its kept rooms are set)."""
+    def _own_drop_handler(self, sid: str) -> bool:
+        """Whether this code runs in a handler of ``sid``'s own session while it is being dropped."""
+        context = current.get(None)
         conn = self._connections.get(sid)
-        return conn is not None and conn.dropping is not None and not conn.dropping.done()
+        return (
+            context is not None
+            and conn is not None
+            and context.conn is conn
+            and conn.dropping is not None
+            and not conn.dropping.done()
+        )
 
     def leave_room(self, sid: str, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         """Take ``sid`` out of ``room``."""
+        _check_rooms(room)
+        if self._from_other_thread():
+            self._on_loop(self.leave_room, sid, room, namespace=namespace)
+            return
         if self.backplane is not None and sid not in self._connections:
             self.backplane.publish("leave_room", namespace=namespace, sid=sid, room=room)
         self.registry.leave_room(namespace, sid, room)
-        if not self._handlers_running_for(sid):
-            # A disconnect handler's leave_room is cleanup: the session resumes in the rooms it
-            # had at the drop (as Socket.IO persists them before its disconnect event).
+        if not self._own_drop_handler(sid):
+            # A disconnect handler's own leave_room is cleanup: the session resumes in the rooms
+            # it had at the drop (as Socket.IO persists them before its disconnect event).
             self.kept_registry.leave_room(namespace, sid, room)
 
     def close_room(self, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         """Take every member out of ``room``, on every node."""
+        _check_rooms(room)
+        if self._from_other_thread():
+            self._on_loop(self.close_room, room, namespace=namespace)
+            return
         self.registry.close_room(namespace, room)
         self.kept_registry.close_room(namespace, room)
         if self.backplane is not None:
@@ -632,6 +737,9 @@ class SocketServer(Recovery):
 
     def disconnect(self, sid: str, *, namespace: str | None = None) -> None:
         """Disconnect ``sid`` from ``namespace``, or close its WebSocket (code 4001) when None."""
+        if self._from_other_thread():
+            self._on_loop(self.disconnect, sid, namespace=namespace)
+            return
         conn = self._connections.get(sid)
         if conn is None:
             if self.backplane is not None:
@@ -661,11 +769,50 @@ class SocketServer(Recovery):
         for conn in connections:
             conn.flush()
 
-    def start_background_task(self, target: Callable[..., Awaitable[Any]], *args: Any) -> asyncio.Task[Any]:
-        """Run ``target(*args)`` as a task the server keeps a reference to."""
-        return self._spawn(target(*args))
+    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundTask:
+        """Run ``target(*args, **kwargs)`` in the background, as Flask-SocketIO does.
 
-    sleep = staticmethod(asyncio.sleep)
+        A coroutine function runs as a task on the server's loop; a plain function in a thread
+        of its own (where :meth:`sleep` sleeps the thread and :meth:`emit` is safe). A crash is
+        logged with its traceback when it happens. The result has ``join()``, and can be awaited.
+        """
+        name = getattr(target, "__name__", "task")
+        if inspect.iscoroutinefunction(target):
+            coro = _logged(target(*args, **kwargs), name)
+            if self._from_other_thread():
+                assert self._loop is not None
+                future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+                return BackgroundTask(future=future)
+            return BackgroundTask(task=self._spawn(coro))
+        thread = threading.Thread(target=_logged_call, args=(target, args, kwargs), name=name, daemon=True)
+        thread.start()
+        return BackgroundTask(thread=thread)
+
+    @staticmethod
+    def sleep(seconds: float = 0) -> Any:
+        """Pause: ``await socketio.sleep(s)`` on the event loop; in a thread, it sleeps that thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            time.sleep(seconds)
+            return None
+        return asyncio.sleep(seconds)
+
+    def _from_other_thread(self) -> bool:
+        """Whether the caller runs outside the server's event loop (a thread, ``asyncio.to_thread``)."""
+        return self._loop is not None and threading.get_ident() != self._loop_thread
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run ``fn`` on the server's loop, soon; log what it raises (nobody else can see it)."""
+        assert self._loop is not None
+
+        def run() -> None:
+            try:
+                fn(*args, **kwargs)
+            except Exception:
+                logger.exception("%s called from a thread failed", getattr(fn, "__name__", "call"))
+
+        self._loop.call_soon_threadsafe(run)
 
     # -- Lifecycle ---------------------------------------------------------------------------
 
@@ -679,6 +826,7 @@ class SocketServer(Recovery):
     ) -> None:
         """Listen on ``host:port`` (port 0 picks a free one; see :attr:`port`), or on ``sock``."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._origins = _parse_origins(self.allowed_origins)
         self._trusted = parse_trusted(self.forwarded_allow_ips)
         self._static_files = StaticFiles(self.static_files, base_dir=self.static_dir)
@@ -733,7 +881,7 @@ class SocketServer(Recovery):
         kept = [conn for conn in self._connections.values() if conn.detached]
         running = [conn.dropping for conn in kept if conn.dropping is not None and not conn.dropping.done()]
         if running:
-            await asyncio.wait(running, timeout=self.close_timeout)
+            await asyncio.wait(running, timeout=self.close_timeout + 1.0)  # as live clients get
         for conn in kept:
             self._forget(conn, SERVER_SHUTDOWN)
         for task in list(self._tasks):
@@ -869,7 +1017,11 @@ class SocketServer(Recovery):
         return _static_response(connection, found)
 
     def health(self) -> dict[str, Any]:
-        """Return what ``GET /healthz`` reports; status is "unhealthy" while Redis is lost."""
+        """Return what ``GET /healthz`` reports.
+
+        Status is "ok" (HTTP 200), "full" at ``max_connections`` (new clients are refused) or
+        "unhealthy" while Redis is lost (both 503).
+        """
         report: dict[str, Any] = {
             "status": "ok",
             "connections": self.connection_count(),
@@ -877,6 +1029,8 @@ class SocketServer(Recovery):
         }
         if self.recovery_window:
             report["recoverable"] = self.recoverable
+        if len(self._connections) >= self.max_connections and not self.recoverable:
+            report["status"] = "full"  # every new client is refused: send them elsewhere
         if self.backplane is not None:
             report["redis"] = self.backplane.health()
             if not self.backplane.link_up:
@@ -989,11 +1143,16 @@ class SocketServer(Recovery):
         event = envelope.event
         if event == ACK:
             self._resolve_ack(conn, envelope)
-        elif self.recovery_window and envelope.id is not None and self._seen_before(conn, envelope.id):
-            # Re-sent after a resume: it was handled (its ack was replayed) or is still running.
-            return
         elif event == HEARTBEAT:
             conn.send_control(HEARTBEAT_FRAME)
+        elif (
+            self.recovery_window
+            and envelope.id is not None
+            and event not in _NEVER_ACKED
+            and self._seen_before(conn, envelope.id)
+        ):
+            # Re-sent after a resume: it was handled (its ack was replayed) or is still running.
+            return
         elif conn.backlog is not None:
             # An async handler is running: keep the client's order by queueing behind it.
             size = len(text)
@@ -1056,6 +1215,14 @@ class SocketServer(Recovery):
             if handler is None or event in (CONNECT, DISCONNECT):
                 self._refuse(conn, envelope, "unknown_event", "no handler for this event")
                 return None
+        if handler.is_async and handler.concurrent:
+            if conn.running >= self.max_backlog:
+                self._refuse(conn, envelope, "limit_exceeded", "too many events running at once")
+                return None
+            conn.running += 1
+            task = self._spawn(self._finish_async(conn, envelope, handler, args))
+            task.add_done_callback(lambda _: setattr(conn, "running", conn.running - 1))
+            return None
         if handler.is_async:
             return self._finish_async(conn, envelope, handler, args)
         try:
@@ -1063,6 +1230,9 @@ class SocketServer(Recovery):
         except Exception as exc:
             self._handler_failed(conn, envelope, exc)
             return None
+        if inspect.iscoroutine(result):
+            # An async handler behind a plain decorator (functools.wraps): finish it as one.
+            return self._finish_async(conn, envelope, _Handler(lambda *_: result, True, 0), ())
         if envelope.id is not None:
             self._ack(conn, envelope, result)
         return None
@@ -1072,6 +1242,13 @@ class SocketServer(Recovery):
     ) -> None:
         try:
             result = await self._run_async(conn, envelope.namespace, handler, args, envelope=envelope)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this task is being cancelled (the session ends): let it
+            # The handler awaited something cancelled elsewhere: its failure, not the client's queue.
+            self._refuse(conn, envelope, "handler_error", "the event handler was cancelled")
+            return
         except Exception as exc:
             self._handler_failed(conn, envelope, exc)
             return
@@ -1211,7 +1388,9 @@ class SocketServer(Recovery):
         self._settle_connect(conn, namespace, refusal)
 
     def _connect_failed(self, conn: Connection, namespace: str, exc: Exception) -> str:
-        if isinstance(exc, ConnectionRefusedError):
+        if isinstance(exc, ConnectionRefusedError) and not isinstance(exc.errno, int):
+            # ConnectionRefusedError("why"): the app refuses. With an errno it is an OS error
+            # from a backend the handler called (a database down): our failure, logged below.
             return str(exc.args[0]) if exc.args else "connection refused"
         logger.error("connect handler of %s failed (sid=%s)", _safe(namespace), conn.sid, exc_info=exc)
         return "connection refused"
@@ -1328,6 +1507,74 @@ class SocketServer(Recovery):
 # -- Helpers -------------------------------------------------------------------------------
 
 
+class BackgroundTask:
+    """What :meth:`SocketServer.start_background_task` returns: ``join()`` it, or await it."""
+
+    def __init__(
+        self,
+        *,
+        thread: threading.Thread | None = None,
+        task: asyncio.Task[Any] | None = None,
+        future: concurrent.futures.Future[Any] | None = None,
+    ) -> None:
+        self._thread, self._task, self._future = thread, task, future
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the end (from a thread; on the event loop, ``await`` the task instead)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        elif self._future is not None:
+            concurrent.futures.wait([self._future], timeout)
+        else:
+            raise RuntimeError("a task on the event loop: await it instead of join()")
+
+    def done(self) -> bool:
+        if self._thread is not None:
+            return not self._thread.is_alive()
+        future = self._task if self._task is not None else self._future
+        return future is not None and future.done()
+
+    def __await__(self) -> Any:
+        if self._task is not None:
+            return self._task.__await__()
+        if self._future is not None:
+            return asyncio.wrap_future(self._future).__await__()
+        assert self._thread is not None
+        return asyncio.to_thread(self._thread.join).__await__()
+
+
+async def _logged(coro: Awaitable[Any], name: str) -> Any:
+    try:
+        return await coro
+    except Exception:
+        logger.exception("background task %s crashed", name)  # now, not when someone looks
+        return None
+
+
+def _logged_call(target: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    try:
+        target(*args, **kwargs)
+    except Exception:
+        logger.exception("background task %s crashed", getattr(target, "__name__", "task"))
+
+
+def _check_rooms(rooms: Any) -> None:
+    """Room names are strings: they travel in JSON between nodes and are compared as text."""
+    if rooms is None or isinstance(rooms, str):
+        return
+    for room in rooms if isinstance(rooms, list | tuple | set | frozenset) else (rooms,):
+        if not isinstance(room, str):
+            raise TypeError(f"room names are strings, not {type(room).__name__}: use str({room!r})")
+
+
+def _with_sid(skip_sid: str | Iterable[str] | None, sid: str) -> list[str]:
+    if skip_sid is None:
+        return [sid]
+    if isinstance(skip_sid, str):
+        return [skip_sid, sid]
+    return [*skip_sid, sid]
+
+
 def _refusal(result: Any) -> str | None:
     return "connection refused" if result is False else None
 
@@ -1422,6 +1669,8 @@ def _run_loop(main: Awaitable[None]) -> None:
     try:
         import uvloop
     except ImportError:
+        uvloop = None  # not inside the except: every later traceback would carry this ImportError
+    if uvloop is None:
         asyncio.run(main)  # type: ignore[arg-type]
     else:
         uvloop.run(main)  # type: ignore[arg-type]
