@@ -421,6 +421,7 @@ class SocketServer(Recovery):
         _check_rooms(to)
         if self._from_other_thread():
             # Flask-SocketIO apps emit from threads: validate here, deliver on the loop.
+            Envelope(event, namespace, data)
             encode(event, data, namespace)
             self._on_loop(self.emit, event, data, namespace=namespace, to=to, skip_sid=skip_sid, callback=callback)
             return 0
@@ -908,6 +909,10 @@ class SocketServer(Recovery):
         """
         from .supervisor import Supervisor, bind, inherited_socket
 
+        if not logging.getLogger().handlers:
+            # A program started with `python app.py` (run() is its main): say what happens.
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            logging.getLogger("websockets").setLevel(logging.WARNING)
         sock = sock or inherited_socket()
         if debug and sock is None:
             folder = Path(sys.argv[0]).resolve().parent
