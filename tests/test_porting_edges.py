@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import ROOT, running
+from conftest import ROOT, running, until
 from wire import Wire
 
 from plainsocket import ClientDisconnectedError, SocketServer, emit, join_room
@@ -362,3 +362,48 @@ def test_emit_from_a_thread_before_start_is_local() -> None:
     thread.start()
     thread.join()
     assert done == [0]
+
+
+def test_tracebacks_do_not_carry_the_uvloop_import_error() -> None:
+    """An exception escaping the server's loop has no ImportError('uvloop') chained to it."""
+    from plainsocket.server import _run_loop
+
+    async def fail() -> None:
+        raise RuntimeError("an app bug")
+
+    with pytest.raises(RuntimeError) as raised:
+        _run_loop(fail())
+    assert raised.value.__context__ is None
+
+
+async def test_namespace_class_has_the_room_methods(opened: Any) -> None:
+    """A class-based Namespace can send, enter/leave/close rooms, list rooms and disconnect a sid."""
+    from plainsocket import Namespace, request
+
+    class Chat(Namespace):
+        def on_enter(self, room: str) -> list[str]:
+            self.enter_room(request.sid, room)
+            return self.rooms(request.sid)
+
+        def on_shout(self, text: str) -> None:
+            self.send(text, to="lobby")
+
+        def on_leave(self, room: str) -> list[str]:
+            self.leave_room(request.sid, room)
+            return self.rooms(request.sid)
+
+        def on_kick(self) -> None:
+            self.disconnect(request.sid)
+
+    socketio = SocketServer()
+    socketio.register_namespace(Chat("/chat"))
+    async with running(socketio) as url:
+        client = await opened(url)
+        await client.join("/chat")
+        assert (await client.call("enter", "lobby", "/chat", id=1))["data"] == [client.sid, "lobby"]
+        await client.send("shout", "hi", "/chat")
+        assert (await client.expect("message", "/chat"))["data"] == "hi"
+        assert (await client.call("leave", "lobby", "/chat", id=2))["data"] == [client.sid]
+        await client.send("kick", None, "/chat")
+        await client.expect("disconnect", "/chat")
+        await until(lambda: socketio.sids("/chat") == [])
