@@ -1116,8 +1116,12 @@ class SocketServer(Recovery):
                 future.set_exception(ClientDisconnectedError(conn.sid))
         conn.pending.clear()
 
-    def _admit(self, conn: Connection) -> bool:
-        """Apply the per-connection token bucket; refuse (and eventually close) a flood."""
+    def _admit(self, conn: Connection, text: str | None = None) -> bool:
+        """Apply the per-connection token bucket; refuse (and eventually close) a flood.
+
+        A refused text frame is answered with its own ``id`` and namespace, so that the call
+        waiting for it fails at once (at most ``rate_burst`` such decodes before the close).
+        """
         now = time.monotonic()
         tokens = min(self.rate_burst, conn.tokens + (now - conn.stamp) * self.rate_limit)
         conn.stamp = now
@@ -1130,7 +1134,15 @@ class SocketServer(Recovery):
         if conn.refused > self.rate_burst:
             conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", RATE_LIMITED)
         else:
-            conn.send(self._error("rate_limited", f"more than {self.rate_limit:g} frames per second"))
+            namespace, id = DEFAULT_NAMESPACE, None
+            if text is not None:
+                try:
+                    refused = decode(text, max_depth=self.max_depth, max_event_length=self.max_event_length)
+                    namespace, id = refused.namespace, refused.id
+                except ProtocolError as exc:
+                    namespace, id = exc.namespace, exc.id
+            message = f"more than {self.rate_limit:g} frames per second"
+            conn.send(self._error("rate_limited", message, namespace, id))
         return False
 
     def _on_binary(self, conn: Connection) -> None:
@@ -1138,7 +1150,7 @@ class SocketServer(Recovery):
             conn.send(self._error("binary_unsupported", "binary frames are not part of protocol v1"))
 
     def _on_text(self, conn: Connection, text: str) -> None:
-        if conn.close_reason is not None or not self._admit(conn):
+        if conn.close_reason is not None or not self._admit(conn, text):
             return  # closing: what the client still sends is not handled
         try:
             envelope = decode(text, max_depth=self.max_depth, max_event_length=self.max_event_length)

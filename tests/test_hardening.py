@@ -573,6 +573,7 @@ async def test_rate_limit_refuses_then_closes_1008_and_spares_others(opened: Any
             await flooder.send("add", [id], id=id)
             frame = await flooder.expect("error")
             assert frame["data"]["code"] == "rate_limited"
+            assert (frame["id"], frame["namespace"]) == (id, "/"), "it answers the refused frame"
         for id in range(1, 4):
             assert (await bystander.call("add", [id], id=id))["data"] == id
         await flooder.send("add", [11], id=11)
