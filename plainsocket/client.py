@@ -699,8 +699,12 @@ class Client:
         it did is in :attr:`recovered` afterwards.
         """
         resuming = recover and self._token is not None
+        # With auth, connect / ourselves (docs/protocol.md, "Connecting"): the auth reaches the
+        # connect handler on the first attempt instead of after a refusal.
+        sends_auth = not resuming and self.auth is not None
+        url = self._recovery_url() if resuming else _with_query(self.url, "connect=client") if sends_auth else self.url
         ws = await connect(
-            self._recovery_url() if resuming else self.url,
+            url,
             origin=None if self._origin is None else Origin(self._origin),
             open_timeout=self._connect_timeout,
             ping_interval=None,  # our own keepalive: websockets' sends a close frame on a dead link
@@ -711,7 +715,9 @@ class Client:
         try:
             try:
                 async with asyncio.timeout(self._connect_timeout):
-                    data, offset = await self._handshake(ws)
+                    if sends_auth:
+                        await ws.send(encode(CONNECT, self.auth, DEFAULT_NAMESPACE))
+                    data, offset = await self._handshake(ws, auth_sent=sends_auth)
             except TimeoutError:
                 raise ClientTimeoutError(f"no greeting from {self.url} within {self._connect_timeout} s") from None
         except BaseException:
@@ -744,13 +750,13 @@ class Client:
             params.append(f"offset={quote(self._offset, safe='')}")
         return urlunsplit((scheme, netloc, path, "&".join(params), fragment))
 
-    async def _handshake(self, ws: ClientConnection) -> tuple[dict[str, Any], str | None]:
-        """Read the greeting (answering a refusal of ``/`` with ``auth``).
+    async def _handshake(self, ws: ClientConnection, *, auth_sent: bool = False) -> tuple[dict[str, Any], str | None]:
+        """Read the greeting (answering a refusal of ``/`` with ``auth``, unless it was sent already).
 
         Returns the ``connect`` data (it has a ``sid``) and the offset of the last frame read.
         """
         envelope, offset = await self._recv_greeting(ws)
-        if envelope.event == CONNECT_ERROR and self.auth is not None:
+        if envelope.event == CONNECT_ERROR and self.auth is not None and not auth_sent:
             await ws.send(encode(CONNECT, self.auth, DEFAULT_NAMESPACE))
             envelope, later = await self._recv_greeting(ws, retry=True)
             offset = later or offset
@@ -1363,6 +1369,11 @@ async def _run_cli(args: argparse.Namespace) -> int:
         elif not args.ack:
             await _settle(args.wait, arrived)
     return 0
+
+
+def _with_query(url: str, param: str) -> str:
+    scheme, netloc, path, query, fragment = urlsplit(url)
+    return urlunsplit((scheme, netloc, path, "&".join(filter(None, [query, param])), fragment))
 
 
 def main(argv: list[str] | None = None) -> int:

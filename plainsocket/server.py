@@ -1058,7 +1058,7 @@ class SocketServer(Recovery):
         self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
         address = conn.address
         try:
-            if fresh:
+            if fresh and not _client_connects_root(ws):
                 pending = self._connect_namespace(conn, DEFAULT_NAMESPACE, None)
                 if pending is not None:
                     await pending
@@ -1590,6 +1590,12 @@ def _with_sid(skip_sid: str | Iterable[str] | None, sid: str) -> list[str]:
     if isinstance(skip_sid, str):
         return [skip_sid, sid]
     return [*skip_sid, sid]
+
+
+def _client_connects_root(ws: ServerConnection) -> bool:
+    """Whether the handshake asked to connect ``/`` itself, with its auth (``?connect=client``)."""
+    request = ws.request
+    return request is not None and "connect=client" in urlsplit(request.path).query.split("&")
 
 
 def _refusal(result: Any) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import ROOT, running, until
+from websockets.asyncio.client import connect as connect_ws
 from wire import Wire
 
 from plainsocket import ClientDisconnectedError, SocketServer, emit, join_room
@@ -407,3 +408,27 @@ async def test_namespace_class_has_the_room_methods(opened: Any) -> None:
         await client.send("kick", None, "/chat")
         await client.expect("disconnect", "/chat")
         await until(lambda: socketio.sids("/chat") == [])
+
+
+async def test_auth_for_root_reaches_the_connect_handler_on_the_first_attempt(opened: Any) -> None:
+    """?connect=client: the server waits for the client's connect of / and hands its data to the handler."""
+    from plainsocket.client import Client
+
+    socketio = SocketServer()
+    seen: list[Any] = []
+
+    @socketio.on("connect")
+    def connect(auth: Any) -> bool:
+        seen.append(auth)
+        return auth == {"token": "s3cret"}
+
+    async with running(socketio) as url:
+        async with connect_ws(f"{url}/?connect=client") as ws:
+            await ws.send(json.dumps({"event": "connect", "namespace": "/", "data": {"token": "s3cret"}}))
+            greeting = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (greeting["event"], greeting["namespace"]) == ("connect", "/")
+        async with Client(url, {"token": "s3cret"}) as client:
+            assert client.sid
+        assert seen == [{"token": "s3cret"}] * 2, "one attempt each, with the auth, and no refusal first"
+        plain = await opened(url)  # without the flag: greeted at once, as wscat users are
+        assert plain.hello["event"] == "connect_error" and seen[-1] is None
