@@ -105,6 +105,7 @@ def _server_flags(add: Callable[..., Any]) -> None:
     option("--max-connections-per-address", count, "clients per IP address")
     option("--max-send-buffer", size, "bytes queued per client before it is dropped")
     option("--allowed-origins", str, "comma-separated origins, or '*' (none: same origin only)")
+    option("--allowed-hosts", str, "names the server answers to besides IP addresses and localhost ('*': any)")
     option("--forwarded-allow-ips", _trusted, "proxies whose X-Forwarded-For / Forwarded are believed ('*': all)")
     option("--recovery-window", _at_least(float, 0.0), "seconds a dropped session is kept for a resume (0: off)")
     option("--recovery-max-events", count, "frames kept per session for a resume")

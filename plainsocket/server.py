@@ -27,9 +27,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
+import functools
 import inspect
 import json
 import logging
+import resource
 import secrets
 import signal
 import socket
@@ -79,6 +81,7 @@ from .context import (
     session,
 )
 from .forwarded import TrustedProxies, client_address, parse_trusted
+from .hosts import AllowedHosts, normalize, parse_allowed
 from .protocol import (
     ACK,
     CONNECT,
@@ -124,6 +127,7 @@ logger = logging.getLogger("plainsocket")
 
 PACKAGE = Path(__file__).resolve().parent
 HEARTBEAT_FRAME = encode(HEARTBEAT).encode()
+FD_RESERVE = 32  # descriptors kept for Redis, files, logs and the listening socket
 # Frames whose id nobody answers: remembering their ids would let a client grow memory forever.
 _NEVER_ACKED = frozenset({CONNECT, DISCONNECT, HEARTBEAT})
 
@@ -242,6 +246,7 @@ class SocketServer(Recovery):
         max_send_buffer: int = 2**20,
         # Security
         allowed_origins: Iterable[str] | str | None = None,
+        allowed_hosts: Iterable[str] | str | None = None,
         forwarded_allow_ips: Iterable[str] | str | None = None,
         # HTTP on the same port
         static_files: Mapping[str, str | Mapping[str, str]] | None = None,
@@ -276,10 +281,17 @@ class SocketServer(Recovery):
         self.max_connections_per_address = max_connections_per_address
         self.max_send_buffer = max_send_buffer
         self.allowed_origins = allowed_origins
+        self.allowed_hosts = allowed_hosts
         self.forwarded_allow_ips = forwarded_allow_ips
         self.static_files = dict(static_files or {})
         self.static_dir = static_dir  # relative paths in static_files start here
         self._trusted = TrustedProxies()
+        self._sockets = 0  # TCP connections open now (WebSocket or plain HTTP)
+        self._socket_budget = max_connections * 2
+        self.refused_at_limit = 0  # connections refused for want of file descriptors
+        self._refused_unlogged = 0
+        self._exhaustion_logged_at = 0.0
+        self._hosts = AllowedHosts()
         self._origins: frozenset[str] | str = frozenset()
         self.compression = compression
         self.message_queue = message_queue
@@ -829,7 +841,12 @@ class SocketServer(Recovery):
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._origins = _parse_origins(self.allowed_origins)
+        self._socket_budget = self._fit_descriptors()
+        self._loop.set_exception_handler(_quiet_exhaustion(self._loop.get_exception_handler(), self))
         self._trusted = parse_trusted(self.forwarded_allow_ips)
+        self._hosts = parse_allowed(self.allowed_hosts)
+        if self._hosts.everyone:
+            logger.warning("allowed_hosts '*': any DNS name pointed at this server reaches it (DNS rebinding)")
         self._static_files = StaticFiles(self.static_files, base_dir=self.static_dir)
         self._builtin = StaticFiles(_builtin_files())
         if self.message_queue is not None:
@@ -845,7 +862,7 @@ class SocketServer(Recovery):
             None if sock else host,
             None if sock else port,
             sock=sock,
-            create_connection=HTTPConnection,
+            create_connection=functools.partial(HTTPConnection, tracker=self),
             process_request=self._process_request,
             compression="deflate" if self.compression else None,
             max_size=self.max_message_size,
@@ -969,8 +986,11 @@ class SocketServer(Recovery):
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         # get_all(): a repeated header is the client's error (4xx), never a 500 with a traceback.
         headers = request.headers
-        upgrades = [value.strip().lower() for value in headers.get_all("Upgrade")]
         assert isinstance(connection, HTTPConnection)
+        refused = self._refuse_when_out_of_descriptors(connection) or self._refused_host(connection, headers)
+        if refused is not None:
+            return refused
+        upgrades = [value.strip().lower() for value in headers.get_all("Upgrade")]
         if "websocket" not in upgrades:
             return self._http(connection, request)
         if upgrades != ["websocket"]:
@@ -984,6 +1004,65 @@ class SocketServer(Recovery):
             logger.warning("refused origin %s", _safe(", ".join(origins)))
             return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None
+
+    def _fit_descriptors(self) -> int:
+        """Raise the soft open-files limit to the hard one; return how many sockets may be open.
+
+        Past that budget new connections get 503 with Retry-After at once, instead of timing
+        out while accept() fails (a few descriptors stay for Redis, files and logs).
+        """
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):
+                pass
+        if soft == resource.RLIM_INFINITY:
+            return self.max_connections * 2
+        budget = max(16, soft - FD_RESERVE)
+        if budget < self.max_connections:
+            logger.warning(
+                "open-files limit %d fits about %d clients, not max_connections=%d (raise it with ulimit -n)",
+                soft,
+                budget,
+                self.max_connections,
+            )
+        return budget
+
+    def _refuse_when_out_of_descriptors(self, connection: ServerConnection) -> Response | None:
+        if self._sockets <= self._socket_budget:
+            return None
+        self._note_exhaustion()
+        response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "server full, retry later\n")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    def _note_exhaustion(self) -> None:
+        """Count refusals for want of descriptors; log them once per interval, never per attempt."""
+        self.refused_at_limit += 1
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if now - self._exhaustion_logged_at >= 10.0:
+            logger.error(
+                "out of file descriptors: refused %d connection(s) (open sockets %d, budget %d)",
+                self._refused_unlogged,
+                self._sockets,
+                self._socket_budget,
+            )
+            self._exhaustion_logged_at = now
+            self._refused_unlogged = 0
+
+    def _refused_host(self, connection: ServerConnection, headers: Headers) -> Response | None:
+        """Answer 400 to a request for a host this server does not serve (DNS rebinding)."""
+        hosts = headers.get_all("Host")
+        remote = connection.remote_address
+        if self._trusted and remote and str(remote[0]) in self._trusted and headers.get_all("X-Forwarded-Host"):
+            hosts = [headers.get_all("X-Forwarded-Host")[-1].split(",")[-1]]  # the proxy's own hop
+        if len(hosts) == 1 and self._hosts.allows(normalize(hosts[0])):
+            return None
+        logger.warning("refused host %s (allowed_hosts)", _safe(", ".join(hosts)) if hosts else "(none)")
+        return connection.respond(HTTPStatus.BAD_REQUEST, "host not allowed\n")
 
     def _origin_allowed(self, origin: str, hosts: list[str]) -> bool:
         if self._origins == "*":
@@ -1034,6 +1113,11 @@ class SocketServer(Recovery):
         }
         if self.recovery_window:
             report["recoverable"] = self.recoverable
+        report["descriptors"] = {
+            "sockets": self._sockets,
+            "budget": self._socket_budget,
+            "refused": self.refused_at_limit,
+        }
         if len(self._connections) >= self.max_connections and not self.recoverable:
             report["status"] = "full"  # every new client is refused: send them elsewhere
         if self.backplane is not None:
@@ -1644,6 +1728,18 @@ class HTTPConnection(ServerConnection):
     method = "GET"
     _start: bytes | None = b""  # the first bytes of the stream, until the method is known
 
+    def __init__(self, *args: Any, tracker: SocketServer, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._tracker = tracker
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tracker._sockets += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._tracker._sockets -= 1
+        super().connection_lost(exc)
+
     def data_received(self, data: bytes) -> None:
         if self._start is None:
             super().data_received(data)
@@ -1659,6 +1755,21 @@ class HTTPConnection(ServerConnection):
             self.method = method.decode("ascii")
             data = b"GET" + data[space:]
         super().data_received(data)
+
+
+def _quiet_exhaustion(previous: Any, server: SocketServer) -> Callable[[Any, dict[str, Any]], None]:
+    """An exception handler that counts accept() failures for want of descriptors (asyncio logs
+    each one with a traceback, thousands a second) and hands everything else on."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") == "socket.accept() out of system resource":
+            server._note_exhaustion()
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    return handle
 
 
 def _not_allowed() -> StaticResponse:
