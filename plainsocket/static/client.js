@@ -14,15 +14,53 @@
  * Layout: a `Manager` owns the WebSocket, reconnection, the heartbeat and the ack ids; each
  * `Namespace` is a small event emitter that sends through it. `connect()` returns the `/`
  * namespace; `of()` adds more. Errors are `SocketError`s with a machine-readable `code`.
+ * `connect()` throws a `TypeError` for a missing or scheme-less URL (`http(s)://` is taken
+ * as `ws(s)://`).
+ *
+ * Sending, socket.io style as well:
+ *   emit(event, data)                   fire and forget (buffered while not connected)
+ *   emit(event, data, (answer) => ...)  the callback gets the server's answer; a failure
+ *                                       (refused, lost session) goes to the `error` event
+ *   timeout(ms).emit(event, data, (err, answer) => ...)   err: SocketError, `ack_timeout`...
+ *   emitWithAck(event, data, {timeout}) / timeout(ms).emitWithAck(event, data): a promise
+ * `emit` takes one data value (the envelope has one `data`): more arguments are a TypeError.
+ *
+ * State: `connected`, `disconnected`, `active` (connected, or will (re)connect by itself),
+ * `id` (the sid while connected, else undefined), `sid` (the last one), `recovered`, and
+ * `ready`: a promise that resolves on `connect` and rejects when this namespace will not
+ * connect any more (a refusal, `disconnect()`, or the client giving up). A failed attempt that
+ * will be retried does not settle it.
  *
  * Events a namespace emits locally, besides the server's own:
- *   connect (data: sid, recovered)      connect_error (SocketError: refused, or wrong protocol)
- *   disconnect (reason, {code})         error (SocketError: the server refused one of our frames)
- *   reconnect_attempt (n)               reconnect (attempts it took, {recovered})
- *   reconnect_failed (attempts)         warning (SocketError: an emit was dropped)
+ *   connect ({sid, recovered})
+ *   connect_error (SocketError): on every failed attempt, for every namespace that wants to
+ *     be connected, with a `code` and a `message` an application can show:
+ *       connect_failed         the WebSocket closed before the server's greeting: the server
+ *                              is down or unreachable, or refused this page's Origin (browsers
+ *                              see a 403 as a plain failed connection, code 1006); retried
+ *       connect_timeout        no greeting within `heartbeatTimeout`; retried
+ *       server_full            close code 4002 (too many connections); retried after
+ *                              `reconnectDelayLong`
+ *       unsupported_protocol   the server speaks another protocol (we close with 4010); final
+ *       connect_refused        the server's `connect_error` frame (auth refused, unknown
+ *                              namespace), `data` is its payload; final for this namespace
+ *     `error.closeCode` is the WebSocket close code, when there was one.
+ *   disconnect (reason, {code})  reason: `io client disconnect`, `io server disconnect`,
+ *                              `transport close`, `ping timeout`, `offline` (the browser's
+ *                              `offline` event: the link is dropped without a close frame, so
+ *                              the session can be resumed; `online` reconnects at once)
+ *   error (SocketError)        the server refused one of our frames
+ *   warning (SocketError)      an emit was dropped (buffer full, closed, left)
+ *   reconnect_attempt (n)      reconnect (attempts it took, {recovered})
+ *   reconnect_failed (attempts)
+ * `reconnect` follows socket.io's Manager: it also comes when the very first connection only
+ * succeeded after failed attempts (then `connect` says `recovered: false` without any
+ * state having been lost).
  *
  * Emits made while a namespace is not connected are buffered (bounded) and sent in order
- * when it is.
+ * when it is. `disconnect()` leaves one namespace; when no namespace is left the WebSocket is
+ * closed (as `close()` does); `connect()` joins again, and reconnects at once if a backoff was
+ * pending.
  *
  * Connection state recovery (docs/protocol.md, "Extension: connection state recovery") is
  * automatic when the server offers it: after a link is lost, the next WebSocket asks to resume
@@ -79,9 +117,11 @@ const DEFAULTS = Object.freeze({
   reconnectDelay: 1000,
   /** ...up to this cap. */
   reconnectDelayMax: 5000,
-  /** Minimum delay after close codes that ask for a long backoff (1008, 4002). */
+  /** Minimum delay after close codes that ask for a long backoff (1008, 4002): the jitter
+   * only adds to it, up to `reconnectDelayLong * (1 + randomizationFactor)`. */
   reconnectDelayLong: 30000,
-  /** Jitter: each delay is scaled by a random factor in [1 - f, 1 + f], so clients spread out. */
+  /** Jitter: each ordinary delay is scaled by a random factor in [1 - f, 1 + f], so clients
+   * spread out. */
   randomizationFactor: 0.5,
   // Timeouts
   /** Send `{"event":"heartbeat"}` this often: browsers hide WebSocket pings from scripts. */
@@ -100,6 +140,7 @@ export class SocketError extends Error {
   /**
    * @param {string} code machine-readable: a server error code (`unknown_event`, ...) or one
    *   of `ack_timeout`, `disconnected`, `buffer_overflow`, `closed`, `connect_refused`,
+   *   `connect_failed`, `connect_timeout`, `server_full`, `rate_limited`,
    *   `unsupported_protocol`, `reserved_event`, `reconnect_failed`
    * @param {string} message for people
    * @param {*} [data] the server's payload, when there was one
@@ -120,10 +161,29 @@ export class SocketError extends Error {
  * @returns {Namespace}
  */
 export function connect(url, options = {}) {
+  url = websocketUrl(url);
   const manager = new Manager(url, { ...DEFAULTS, ...options });
   const root = manager.namespace('/', options.auth ?? null);
   manager.open();
   return root;
+}
+
+/**
+ * Check the URL given to `connect()`: a missing or scheme-less one would otherwise be taken
+ * relative to the page (`ws://host/undefined`, `ws://host/127.0.0.1:5000`).
+ */
+function websocketUrl(url) {
+  const example = 'e.g. connect(`ws://${location.host}/`)';
+  if (typeof url !== 'string' && !(url instanceof URL)) {
+    throw new TypeError(`connect(url): url must be a ws:// or wss:// URL string, ${example}; got ${url === undefined ? 'nothing' : typeof url}`);
+  }
+  const text = String(url);
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(text)?.[1].toLowerCase();
+  const wsScheme = { ws: 'ws', wss: 'wss', http: 'ws', https: 'wss' }[scheme];
+  if (!wsScheme) {
+    throw new TypeError(`connect(url): "${text}" is not a ws:// or wss:// URL (${example})`);
+  }
+  return wsScheme + text.slice(scheme.length);
 }
 
 /** Rethrow outside the current call stack, so one failing listener does not stop the others. */
@@ -237,10 +297,54 @@ class Namespace {
 
   // Sending
 
-  /** Send `event` with `data` (any JSON value); buffered while this namespace is not connected. */
-  emit(event, data = null) {
-    this.queue(encode(event, this.name, data, null), event, null);
+  /**
+   * Send `event` with `data` (any JSON value); buffered while this namespace is not connected.
+   * A function as last argument asks for the server's answer, socket.io style: it is called
+   * with the answer; a failure (the server's error, a lost session) goes to the `error` event
+   * instead. No timeout applies (use `timeout(ms).emit(...)` for one).
+   */
+  emit(event, ...args) {
+    const callback = typeof args.at(-1) === 'function' ? args.pop() : null;
+    if (args.length > 1) {
+      throw new TypeError(
+        `emit("${event}", ...): one data value only (the envelope has one "data"): send an array or an object`,
+      );
+    }
+    const data = args.length ? args[0] : null;
+    const text = encode(event, this.name, data, null); // throws now for a reserved name
+    if (callback) this.emitWithCallback(event, data, callback, null, false);
+    else this.queue(text, event, null);
     return this;
+  }
+
+  /** `emit` with an ack callback: `callback(answer)`, or `callback(err, answer)` if `withError`. */
+  emitWithCallback(event, data, callback, timeout, withError) {
+    this.emitWithAck(event, data, { timeout }).then(
+      (answer) => safeCall(callback, withError ? [null, answer] : [answer]),
+      (error) => (withError ? safeCall(callback, [error]) : this.emitLocal('error', error)),
+    );
+  }
+
+  /**
+   * socket.io's `socket.timeout(ms)`: `timeout(ms).emit(event, data, (err, answer) => ...)`
+   * (err is a `SocketError`, `ack_timeout` after `ms`) and `timeout(ms).emitWithAck(event, data)`.
+   */
+  timeout(ms) {
+    const ns = this;
+    return {
+      emit(event, ...args) {
+        if (typeof args.at(-1) !== 'function') return ns.emit(event, ...args);
+        const callback = args.pop();
+        if (args.length > 1) throw new TypeError(`emit("${event}", ...): one data value only`);
+        const data = args.length ? args[0] : null;
+        encode(event, ns.name, data, null); // throws now for a reserved name
+        ns.emitWithCallback(event, data, callback, ms, true);
+        return ns;
+      },
+      emitWithAck(event, data = null) {
+        return ns.emitWithAck(event, data, { timeout: ms });
+      },
+    };
   }
 
   /**
@@ -330,6 +434,7 @@ class Namespace {
   get ready() {
     if (this.connected) return Promise.resolve(this);
     if (this.manager.closed) return Promise.reject(new SocketError('closed', 'the socket is closed'));
+    if (!this.wanted) return Promise.reject(new SocketError('disconnected', `${this.name} left: call connect()`));
     return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
@@ -343,12 +448,29 @@ class Namespace {
     }
   }
 
-  /** Join (again) this namespace, e.g. after `disconnect()` or a refusal; reopens a closed socket. */
+  /**
+   * Join (again) this namespace, e.g. after `disconnect()` or a refusal; reopens a closed
+   * socket, and reconnects now if a reconnection was waiting out its backoff.
+   */
   connect() {
     this.wanted = true;
-    if (this.manager.closed) this.manager.open();
-    else if (this.manager.ready && !this.connected) this.sendConnect();
+    this.manager.connectNow(this);
     return this;
+  }
+
+  /** socket.io's name for `!connected`. */
+  get disconnected() {
+    return !this.connected;
+  }
+
+  /** Connected, or will be by itself: wanted, and the client has not given up. */
+  get active() {
+    return this.wanted && !this.manager.closed;
+  }
+
+  /** socket.io's `id`: the sid while connected, else undefined (`sid` keeps the last one). */
+  get id() {
+    return this.connected && this.sid !== null ? this.sid : undefined;
   }
 
   /** Whether the last connection was a recovered session (docs/protocol.md, "Extension: ..."). */
@@ -356,7 +478,7 @@ class Namespace {
     return this.manager.recovered;
   }
 
-  /** Leave this namespace; the WebSocket and other namespaces stay. */
+  /** Leave this namespace; the WebSocket stays while another namespace is wanted, else closes. */
   disconnect() {
     this.wanted = false;
     if (this.connected) {
@@ -366,6 +488,9 @@ class Namespace {
     // What waited for this namespace will not be sent: say so instead of letting it hang.
     for (const entry of this.buffer.splice(0)) this.drop(entry, 'disconnected', `${this.name} left`);
     this.settleWaiters(new SocketError('disconnected', `${this.name} left`));
+    // socket.io: the last socket of a manager to leave closes the low-level connection.
+    const manager = this.manager;
+    if (!manager.closed && ![...manager.namespaces.values()].some((ns) => ns.wanted)) manager.close();
     return this;
   }
 
@@ -536,6 +661,54 @@ class Manager {
     this.reconnectTimer = null;
     this.heartbeatTimer = null;
     this.deadTimer = null;
+    /** The browser said `offline` (and not `online` since): reconnections wait for `online`. */
+    this.offline = false;
+    /** A reconnection is due but waits for the browser's `online` event. */
+    this.waitingOnline = false;
+    this.onOffline = () => this.wentOffline();
+    this.onOnline = () => this.cameOnline();
+    this.listeningNetwork = false;
+  }
+
+  /** Follow the browser's `offline`/`online` events while the socket is open (not closed). */
+  listenNetwork(on) {
+    if (typeof window === 'undefined' || typeof window.addEventListener !== 'function') return;
+    if (on === this.listeningNetwork) return;
+    this.listeningNetwork = on;
+    const method = on ? 'addEventListener' : 'removeEventListener';
+    window[method]('offline', this.onOffline);
+    window[method]('online', this.onOnline);
+  }
+
+  /**
+   * The browser knows the network is gone: the link is as good as dead. Drop it without a
+   * close frame (the server keeps the session for a resume) and wait for `online`.
+   */
+  wentOffline() {
+    this.offline = true;
+    if (this.closed) return;
+    if (this.ws) {
+      this.lose('offline', { code: null }, 'backoff');
+    } else if (this.reconnectTimer !== null) {
+      clearTimeout(this.reconnectTimer);
+      this.reconnectTimer = null;
+      this.waitingOnline = true;
+    }
+  }
+
+  /** Back online: reconnect now rather than wait out a backoff. */
+  cameOnline() {
+    this.offline = false;
+    if (!this.closed && (this.waitingOnline || this.reconnectTimer !== null)) this.reconnectNow();
+  }
+
+  /** Make the reconnection that is waiting (backoff, or offline) now. */
+  reconnectNow() {
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    this.waitingOnline = false;
+    this.broadcastLocal('reconnect_attempt', this.attempts);
+    if (!this.closed) this.open(); // a `reconnect_attempt` listener may have called close()
   }
 
   /** Get or create a namespace object. */
@@ -554,8 +727,21 @@ class Manager {
   /** `socket.of(name, {auth})`: a namespace multiplexed over this WebSocket. */
   join(name, auth) {
     const ns = this.namespace(name, auth);
-    ns.connect();
+    ns.wanted = true;
+    this.requestJoin(ns);
     return ns;
+  }
+
+  /** Have `ns` joined: open the socket if closed, else send its `connect` when the link is up. */
+  requestJoin(ns) {
+    if (this.closed) this.open();
+    else if (this.ready && !ns.connected) ns.sendConnect();
+  }
+
+  /** `ns.connect()`: as `requestJoin`, but a reconnection waiting for its turn happens now. */
+  connectNow(ns) {
+    if (!this.closed && (this.reconnectTimer !== null || this.waitingOnline)) this.reconnectNow();
+    else this.requestJoin(ns);
   }
 
   /** Every namespace: lifecycle events that concern the whole connection. */
@@ -569,8 +755,10 @@ class Manager {
   open() {
     if (this.ws) return;
     this.closed = false;
+    this.listenNetwork(true);
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
+    this.waitingOnline = false;
     const resuming = this.token !== null;
     const ws = new WebSocket(resuming ? recoveryUrl(this.url, this.token, this.offset) : this.url);
     ws.resuming = resuming;
@@ -748,13 +936,23 @@ class Manager {
     // 1009, which means "do not send that frame again" (and ends the session anyway).
     const resumable =
       this.token !== null && action !== 'stop' && this.options.reconnect && details.code !== 1009;
+    // Closed before the server's greeting: this attempt failed (nothing was connected).
+    const failedAttempt = !this.ready;
     // A link we think dead is left to die by itself: a closing handshake that got through
     // would end the session we are about to resume.
-    this.detach(1000, '', resumable && this.ready && reason === 'ping timeout');
+    const dead = (reason === 'ping timeout' && this.ready) || reason === 'offline';
+    this.detach(1000, '', resumable && dead);
     this.recovering = null;
     this.dropReason = reason;
     for (const ns of this.namespaces.values()) ns.markDisconnected(reason, details, resumable);
     if (this.closed) return; // a `disconnect` listener called close()
+    if (failedAttempt) {
+      const error = attemptError(details.code, reason, this.options);
+      for (const ns of this.namespaces.values()) {
+        if (ns.wanted && !ns.connected) ns.emitLocal('connect_error', error);
+      }
+      if (this.closed) return; // a `connect_error` listener called close()
+    }
     if (action === 'stop' || !this.options.reconnect) {
       this.giveUp(new SocketError('closed', `connection closed (${reason}, code ${details.code})`));
     } else {
@@ -794,13 +992,15 @@ class Manager {
   /** The server speaks another protocol: close with 4010 and report it; do not retry. */
   abandon(ws, error) {
     this.detach(CLOSE_UNSUPPORTED_PROTOCOL, 'unsupported protocol');
+    this.giveUp(error); // first: listeners see `active` false, this is final
     for (const ns of this.namespaces.values()) if (ns.wanted) ns.emitLocal('connect_error', error);
-    this.giveUp(error);
   }
 
   /** Stop for good: no reconnection; everything still waiting fails with `error`. */
   giveUp(error) {
     this.closed = true;
+    this.listenNetwork(false);
+    this.waitingOnline = false;
     this.attempts = 0; // a later `connect()` starts afresh
     this.token = null; // ...with a new session: a closed socket ends its session
     this.recovering = null;
@@ -839,6 +1039,10 @@ class Manager {
     const delay = atOnce ? 0 : this.backoff(action === 'now' ? 'backoff' : action);
     this.attempts += 1;
     const attempt = this.attempts;
+    if (this.offline) {
+      this.waitingOnline = true; // `online` (or a `connect()`) makes the attempt
+      return;
+    }
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       this.broadcastLocal('reconnect_attempt', attempt);
@@ -846,11 +1050,14 @@ class Manager {
     }, delay);
   }
 
-  /** Delay before the next attempt, in ms. */
+  /**
+   * Delay before the next attempt, in ms: exponential with jitter in [1 - f, 1 + f]; a long
+   * backoff is at least `reconnectDelayLong`, its jitter only adds to it.
+   */
   backoff(action) {
     const { reconnectDelay, reconnectDelayMax, reconnectDelayLong, randomizationFactor } = this.options;
-    let delay = Math.min(reconnectDelayMax, reconnectDelay * 2 ** this.attempts);
-    if (action === 'long') delay = Math.max(delay, reconnectDelayLong);
+    const delay = Math.min(reconnectDelayMax, reconnectDelay * 2 ** this.attempts);
+    if (action === 'long') return Math.max(delay, reconnectDelayLong) * (1 + randomizationFactor * Math.random());
     return delay * (1 + randomizationFactor * (2 * Math.random() - 1));
   }
 
@@ -922,6 +1129,28 @@ class Manager {
       }
     }
   }
+}
+
+/** The `connect_error` of an attempt whose WebSocket closed before the server's greeting. */
+function attemptError(code, reason, options) {
+  let error;
+  if (reason === 'offline') {
+    error = new SocketError('connect_failed', 'could not connect: the browser is offline');
+  } else if (reason === 'ping timeout') {
+    error = new SocketError('connect_timeout', `could not connect: no greeting from the server within ${options.heartbeatTimeout} ms`);
+  } else if (code === 4002) {
+    error = new SocketError('server_full', 'server full: too many connections (close code 4002); retrying later');
+  } else if (code === 4010) {
+    error = new SocketError('unsupported_protocol', 'the server does not speak this protocol version (close code 4010)');
+  } else if (code === 1008) {
+    error = new SocketError('rate_limited', 'rate limited by the server (close code 1008); retrying later');
+  } else if (code === 1005 || code === 1006 || code === null || code === undefined) {
+    error = new SocketError('connect_failed', 'could not connect (server down, or this origin is refused)');
+  } else {
+    error = new SocketError('connect_failed', `could not connect: closed before the server's greeting (close code ${code})`);
+  }
+  error.closeCode = code ?? null;
+  return error;
 }
 
 /**
