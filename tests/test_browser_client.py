@@ -495,3 +495,23 @@ def test_connect_without_a_websocket_url_is_a_type_error(
     assert error is not None and error["name"] == "TypeError"
     assert "ws://" in error["message"]
     assert sockets == []
+
+
+@pytest.mark.parametrize("auth", ["{token: 's3cret'}", "() => ({token: 's3cret'})"], ids=["object", "function"])
+def test_auth_for_root_arrives_with_the_first_connect(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess], auth: str
+) -> None:
+    """auth for / (an object, or a function called on each attempt) reaches the connect handler at once."""
+    server = start_server("tests.apps.authroot:socketio")
+    page = open_blank(new_page, server)
+    sid = page.evaluate(
+        f"""async (url) => {{
+            const socket = client.connect(url, {{auth: {auth}}});
+            await socket.ready;
+            return socket.id;
+        }}""",
+        server.ws_url,
+    )
+    assert sid
+    server.wait_for_log("admitted with {'token': 's3cret'}")
+    assert not any("refused auth" in line for line in server.log), "no refusal before the auth"

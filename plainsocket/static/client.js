@@ -7,6 +7,8 @@
  *     import { connect } from '/client.js';
  *     const socket = connect(`ws://${location.host}/`);        // namespace "/"
  *     const test = socket.of('/test', { auth: { token } });     // same WebSocket
+ * `connect(url, { auth })`: auth for `/` goes with the first connect (`connect=client`, see
+ * docs/protocol.md), as an object or a function called on each attempt (a fresh token).
  *     test.on('my response', (data) => console.log(data));
  *     await test.ready;                                         // rejects on connect_error
  *     const pong = await test.emitWithAck('my ping', null, { timeout: 5000 });
@@ -503,8 +505,14 @@ class Namespace {
   /** Send this namespace's `connect` frame (docs/protocol.md, "Connecting"). */
   sendConnect() {
     const frame = { event: 'connect', namespace: this.name };
-    if (this.auth !== null && this.auth !== undefined) frame.data = this.auth;
+    const auth = this.authValue();
+    if (auth !== null && auth !== undefined) frame.data = auth;
     this.manager.write(JSON.stringify(frame));
+  }
+
+  /** The auth to send now: `auth` itself, or what it returns when it is a function (a fresh token). */
+  authValue() {
+    return typeof this.auth === 'function' ? this.auth() : this.auth;
   }
 
   /** The server's `connect`: we are in (or, in a resumed session, still in). */
@@ -760,10 +768,27 @@ class Manager {
     this.reconnectTimer = null;
     this.waitingOnline = false;
     const resuming = this.token !== null;
-    const ws = new WebSocket(resuming ? recoveryUrl(this.url, this.token, this.offset) : this.url);
+    // With auth for `/`, connect `/` ourselves so the connect handler sees it on the first
+    // attempt (docs/protocol.md, "Connecting": `connect=client`).
+    const root = this.namespaces.get('/');
+    const sendsAuth = !resuming && root !== undefined && root.auth !== null && root.auth !== undefined;
+    const url = resuming
+      ? recoveryUrl(this.url, this.token, this.offset)
+      : sendsAuth
+        ? withQuery(this.url, 'connect=client')
+        : this.url;
+    const ws = new WebSocket(url);
     ws.resuming = resuming;
+    ws.sendsAuth = sendsAuth;
     this.ws = ws;
     this.ready = false;
+    if (sendsAuth) {
+      ws.onopen = () => {
+        if (ws !== this.ws) return;
+        root.authSent = true; // a refusal now is final: no second try with the same auth
+        ws.send(JSON.stringify({ event: 'connect', namespace: '/', data: root.authValue() }));
+      };
+    }
     ws.onmessage = (event) => this.onMessage(ws, event.data);
     ws.onclose = (event) => this.onClose(ws, event.code);
     // The server's first frame must come within the heartbeat timeout, or we never know
@@ -864,8 +889,8 @@ class Manager {
     if (attempts > 0) this.broadcastLocal('reconnect', attempts, { recovered });
     if (recovered || !this.ws) return; // a `reconnect` listener may have closed the socket
     for (const ns of this.namespaces.values()) {
-      ns.authSent = false;
-      // `/` is joined by the server on open; every other namespace is joined again with its auth.
+      ns.authSent = ns.name === '/' && this.ws.sendsAuth === true; // sent with the first connect
+      // `/` is joined on open; every other namespace is joined again with its auth.
       if (ns.name !== '/' && ns.wanted) ns.sendConnect();
     }
   }
@@ -1157,6 +1182,12 @@ function attemptError(code, reason, options) {
  * The URL that asks to resume a session (docs/protocol.md, "Resuming"): the application's URL
  * with `recover` and `offset` (when there is one) added to its query, which is kept as is.
  */
+function withQuery(url, param) {
+  const hash = url.indexOf('#');
+  const base = hash === -1 ? url : url.slice(0, hash);
+  return `${base}${base.includes('?') ? '&' : '?'}${param}${hash === -1 ? '' : url.slice(hash)}`;
+}
+
 function recoveryUrl(url, token, offset) {
   const hash = url.indexOf('#');
   const base = hash === -1 ? url : url.slice(0, hash);
