@@ -6,8 +6,8 @@ or the ``error`` frame the server would send back, with its machine code::
 
     $ python protocol.py '{"event":"my event","namespace":"/test","data":{"data":"hi"},"id":7}'
     ok     {"event":"my event","namespace":"/test","data":{"data":"hi"},"id":7}
-    $ echo '{"event":"ack"}' | python protocol.py
-    error  {"event":"error","namespace":"/","data":{"code":"invalid_frame",...}}
+    $ echo '{"event":""}' | python protocol.py
+    error  {"event":"error","namespace":"/","data":{"code":"invalid_event","message":"event must be ..."}}
 
 Exits 1 when any frame is invalid. The rules themselves live in ``plainsocket.protocol``
 (the library's pure protocol module) and docs/protocol.md.

@@ -178,3 +178,25 @@ def test_any_utf8_bytes_are_an_envelope_or_a_protocol_error(raw: bytes) -> None:
 def test_encode_decode_round_trip(event: str, namespace: str, data: object, id: int | None) -> None:
     """decode(encode(...)) gives back the same envelope."""
     assert decode(encode(event, data, namespace, id)) == Envelope(event, namespace, data, id)
+
+
+def test_the_frame_checker_at_the_top_of_the_repository() -> None:
+    """python protocol.py prints each frame as read, or the error frame the server would send; exit 1 if any is bad."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    ran = subprocess.run(
+        [sys.executable, "protocol.py"],
+        cwd=root,
+        input='{"event":"my event","namespace":"/test","id":7}\n{"event":""}\nnot json\n',
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = ran.stdout.splitlines()
+    assert ran.returncode == 1 and len(lines) == 3
+    assert lines[0] == 'ok     {"event":"my event","namespace":"/test","data":null,"id":7}'
+    assert lines[1].startswith("error ") and '"code":"invalid_event"' in lines[1]
+    assert '"code":"invalid_json"' in lines[2]
