@@ -886,6 +886,8 @@ class SocketServer(Recovery):
         self._closing = True
         code, why = (CloseCode.SERVICE_RESTART, "service restart") if restart else (CloseCode.SHUTDOWN, SERVER_SHUTDOWN)
         for conn in list(self._connections.values()):
+            if conn.worker is not None:
+                conn.worker.cancel()  # a running handler (a connect one too) must not outlive shutdown
             conn.close(code, why, SERVER_SHUTDOWN)
         self._server.close(close_connections=True)
         # Closing aborts every connection after close_timeout; bound the wait the same way.
@@ -1145,7 +1147,16 @@ class SocketServer(Recovery):
             if fresh and not _client_connects_root(ws):
                 pending = self._connect_namespace(conn, DEFAULT_NAMESPACE, None)
                 if pending is not None:
-                    await pending
+                    # A task of its own, so that shutdown can cancel it like any other handler.
+                    conn.worker = asyncio.ensure_future(pending)
+                    try:
+                        await conn.worker
+                    except asyncio.CancelledError:
+                        task = asyncio.current_task()
+                        if task is not None and task.cancelling():
+                            raise
+                    finally:
+                        conn.worker = None
             else:
                 await self._reconnect_namespaces(conn)
             async for message in ws:

@@ -432,3 +432,34 @@ async def test_auth_for_root_reaches_the_connect_handler_on_the_first_attempt(op
         assert seen == [{"token": "s3cret"}] * 2, "one attempt each, with the auth, and no refusal first"
         plain = await opened(url)  # without the flag: greeted at once, as wscat users are
         assert plain.hello["event"] == "connect_error" and seen[-1] is None
+
+
+async def test_shutdown_cancels_a_running_root_connect_handler(opened: Any) -> None:
+    """shutdown() during a slow / connect handler: cancelled at once, disconnect runs, nothing after it returns."""
+    socketio = SocketServer(close_timeout=1.0)
+    events: list[str] = []
+    entered = asyncio.Event()
+
+    @socketio.on("connect")
+    async def slow_connect() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+            events.append("connect finished")
+        except asyncio.CancelledError:
+            events.append("connect cancelled")
+            raise
+
+    socketio.on_event("disconnect", lambda reason: events.append(f"disconnect {reason}"))
+    await socketio.start("127.0.0.1", 0)
+    client = asyncio.ensure_future(connect_ws(f"ws://127.0.0.1:{socketio.port}"))
+    await entered.wait()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await socketio.shutdown()
+    assert loop.time() - started < 3.0
+    assert events == ["connect cancelled", "disconnect server shutdown"]
+    ws = await client
+    await ws.wait_closed()
+    await asyncio.sleep(0)
+    assert events == ["connect cancelled", "disconnect server shutdown"], "nothing ran after shutdown()"
