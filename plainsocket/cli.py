@@ -110,9 +110,15 @@ def _server_flags(add: Callable[..., Any]) -> None:
     option("--recovery-window", _at_least(float, 0.0), "seconds a dropped session is kept for a resume (0: off)")
     option("--recovery-max-events", count, "frames kept per session for a resume")
     option("--recovery-max-bytes", size, "bytes kept per session for a resume")
+    option("--recovery-max-memory", size, "bytes all kept sessions may hold together (oldest go first)")
     option("--redis", _redis_url, "scale out: redis://host:6379/0", dest="message_queue", metavar="URL")
     option("--channel", str, "Redis channel prefix shared by the cluster's nodes")
     option("--heartbeat-interval", _at_least(float, 0.05), "seconds between a node's Redis heartbeats")
+    option(
+        "--drain-timeout",
+        _at_least(float, 0.0),
+        "seconds a stopping node of a cluster waits for its clients to resume on other nodes (0: off)",
+    )
     add(
         "--compression",
         action="store_true",

@@ -143,13 +143,16 @@ LIFECYCLE_EVENTS = frozenset({"connect", "disconnect", "reconnect", "frame"})
 
 # Close codes after which reconnecting can not help (docs/protocol.md, "Close codes").
 GIVE_UP_CODES = frozenset({1000, 1002, 1007, CloseCode.SERVER_DISCONNECT})
-AT_ONCE_CODES = frozenset({CloseCode.SLOW_CONSUMER})
+# 1012: the node restarts and hands the session to another node for a short drain: resume now.
+AT_ONCE_CODES = frozenset({CloseCode.SLOW_CONSUMER, CloseCode.SERVICE_RESTART})
 LONG_BACKOFF_CODES = frozenset({CloseCode.POLICY_VIOLATION, CloseCode.TOO_MANY_CONNECTIONS})
 ABNORMAL_CLOSURE = 1006  # RFC 6455 7.1.5: the connection closed without a close frame
 HTTP_FORBIDDEN = 403  # an Origin the server does not allow: give up
 # Drops after which a server with recovery on keeps the session (network loss, ping timeout,
 # slow consumer): calls in flight wait for the recovery instead of failing at once.
-RECOVERABLE_CODES = frozenset({ABNORMAL_CLOSURE, CloseCode.INTERNAL_ERROR, CloseCode.SLOW_CONSUMER})
+RECOVERABLE_CODES = frozenset(
+    {ABNORMAL_CLOSURE, CloseCode.INTERNAL_ERROR, CloseCode.SLOW_CONSUMER, CloseCode.SERVICE_RESTART}
+)
 
 
 class ClientError(Exception):

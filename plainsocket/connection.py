@@ -29,9 +29,16 @@ TRANSPORT_CLOSE = "transport close"
 PING_TIMEOUT = "ping timeout"
 SERVER_DISCONNECT = "server disconnect"
 SERVER_SHUTDOWN = "server shutdown"
+SERVICE_RESTART = "service restart"  # drained for a restart: it resumes on another node
 SLOW_CONSUMER = "slow consumer"
 RATE_LIMITED = "rate limited"
 TOO_MANY_CONNECTIONS = "too many connections"
+
+
+# What a kept session costs besides its frames (its Connection, registry entries, token),
+# measured with tracemalloc; and what each recorded frame adds besides its bytes.
+KEPT_SESSION_COST = 2048
+FRAME_COST = 16
 
 
 class CallTimeoutError(Exception):
@@ -62,6 +69,7 @@ class Connection:
         "held",
         "hold",
         "inflight",
+        "kept_cost",
         "log",
         "log_bytes",
         "log_count",
@@ -88,7 +96,7 @@ class Connection:
     )
 
     def __init__(self, server: SocketServer, ws: ServerConnection, sid: str | None = None) -> None:
-        self.ws = ws
+        self.ws: ServerConnection | GoneSocket = ws
         self.server = server
         self.sid = sid or secrets.token_urlsafe(16)
         self.address: str = server.client_address(ws)
@@ -124,6 +132,7 @@ class Connection:
         self.auth: dict[str, Any] | None = None  # namespace -> auth of its connect, for a resume
         self.dirty = False  # frames wait in the protocol for this iteration's flush
         self.expiry: asyncio.TimerHandle | None = None
+        self.kept_cost = 0  # what it counts against recovery_max_memory while it is kept
 
     def send(self, frame: bytes, wire: bytes | None = None) -> None:
         """Queue one text frame without waiting: no single client can delay the others.
@@ -152,6 +161,7 @@ class Connection:
         log = self.log
         if log is None:
             log = self.log = deque()
+        before = self.log_bytes + FRAME_COST * len(log)
         log.append(frame)
         self.log_bytes += len(frame)
         self.log_count += 1
@@ -159,6 +169,17 @@ class Connection:
         while len(log) > server.recovery_max_events or self.log_bytes > server.recovery_max_bytes:
             self.log_bytes -= len(log.popleft())
             self.log_evicted = True
+        if self.detached:
+            server.kept_grew(self, self.log_bytes + FRAME_COST * len(log) - before)
+
+    def recovery_cost(self) -> int:
+        """Estimate what this session holds while it is kept, for ``recovery_max_memory``.
+
+        A frame counts its full size, although a broadcast's bytes are shared by every
+        recipient: the estimate errs on the side of the budget.
+        """
+        log = self.log
+        return KEPT_SESSION_COST + (self.log_bytes + FRAME_COST * len(log) if log else 0)
 
     def frames_after(self, offset: str | None) -> list[bytes] | None:
         """Return the recorded frames after ``offset`` (all when None), or None if some are gone."""
@@ -266,6 +287,45 @@ class Connection:
         future = asyncio.get_running_loop().create_future()
         self.pending[self.next_ack_id] = future
         return self.next_ack_id, future
+
+
+class _GoneProtocol:
+    """The protocol of a socket that is gone: closed, nothing to send."""
+
+    __slots__ = ()
+    state = State.CLOSED
+    close_rcvd = None
+    extensions: tuple[()] = ()
+
+    def data_to_send(self) -> list[bytes]:
+        return []
+
+
+class _GoneTransport:
+    __slots__ = ()
+
+    def abort(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class GoneSocket:
+    """What a session kept for recovery holds of its dropped socket: the handshake request.
+
+    Disconnect handlers still read ``request.headers`` and ``request.args``; the rest of the
+    dead connection (its protocol, parser, buffers, transport, tasks) must not stay in memory
+    for the whole recovery window.
+    """
+
+    __slots__ = ("remote_address", "request")
+    protocol = _GoneProtocol()
+    transport = _GoneTransport()
+
+    def __init__(self, ws: ServerConnection | GoneSocket) -> None:
+        self.request = ws.request
+        self.remote_address = ws.remote_address
 
 
 def wire_frame(payload: bytes) -> bytes:

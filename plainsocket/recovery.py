@@ -29,7 +29,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from .connection import TRANSPORT_CLOSE
+from .connection import SERVICE_RESTART, TRANSPORT_CLOSE, GoneSocket
 from .protocol import CONNECT, DEFAULT_NAMESPACE, PROTOCOL_VERSION, ProtocolError, decode, encode, valid_offset
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("plainsocket")
 
 # Sessions kept after these reasons only: the client did not mean to leave.
-RECOVERABLE = frozenset({TRANSPORT_CLOSE, "ping timeout", "slow consumer"})
+RECOVERABLE = frozenset({TRANSPORT_CLOSE, "ping timeout", "slow consumer", SERVICE_RESTART})
 CLAIM_TIMEOUT = 2.0  # seconds a node waits for the node holding a session to hand it over
 
 
@@ -110,6 +110,7 @@ class Recovery:
         if not conn.detached:
             self._kept[conn.address] = self._kept.get(conn.address, 0) + 1
             self.recoverable += 1
+            self._kept_sessions[conn.sid] = conn
             for namespace in conn.namespaces:
                 rooms = self.registry.rooms(namespace, conn.sid)
                 self.kept_registry.connect(namespace, conn.sid)
@@ -117,14 +118,36 @@ class Recovery:
                     self.kept_registry.enter_room(namespace, conn.sid, room)
         conn.detached = True
         conn.close_reason = reason
+        conn.ws = GoneSocket(conn.ws)  # let the dead connection's objects go
         self._cancel_expiry(conn)
         conn.expiry = asyncio.get_running_loop().call_later(self.recovery_window, self._expire, conn)
+        self.kept_grew(conn, conn.recovery_cost() - conn.kept_cost)
+
+    def kept_grew(self: SocketServer, conn: Connection, grown: int) -> None:
+        """Count what a kept session added; past ``recovery_max_memory``, trim (soon: not mid-broadcast)."""
+        conn.kept_cost += grown
+        self.kept_bytes += grown
+        if self.kept_bytes > self.recovery_max_memory and not self._trimming:
+            self._trimming = True
+            asyncio.get_running_loop().call_soon(self._trim_kept_sessions)
+
+    def _trim_kept_sessions(self: SocketServer) -> None:
+        """End the oldest kept sessions until all of them fit in ``recovery_max_memory``."""
+        self._trimming = False
+        while self.kept_bytes > self.recovery_max_memory and self._kept_sessions:
+            oldest = next(iter(self._kept_sessions.values()))
+            self.recovery_evicted += 1
+            self._forget(oldest, "the kept sessions' memory budget is used up (recovery_max_memory)")
 
     async def _notify_drop(self: SocketServer, conn: Connection, reason: str) -> None:
         """Run each namespace's disconnect handler once, then take the client out of tracking."""
         for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
             await self._run_disconnect_handler(conn, namespace, reason)
             self.registry.disconnect(namespace, conn.sid)
+        if isinstance(conn.ws, GoneSocket):
+            conn.ws.request = None  # only the handlers that just ran could read it
+        if conn.dropping is asyncio.current_task():
+            conn.dropping = None  # done: nothing waits for it any more
         logger.info(
             "disconnect sid=%s address=%s reason=%s (kept %g s for a resume)",
             conn.sid,
@@ -139,6 +162,9 @@ class Recovery:
             return {}
         conn.detached = False
         self.recoverable -= 1
+        del self._kept_sessions[conn.sid]
+        self.kept_bytes -= conn.kept_cost
+        conn.kept_cost = 0
         left = self._kept[conn.address] - 1
         if left:
             self._kept[conn.address] = left
@@ -149,6 +175,12 @@ class Recovery:
             rooms[namespace] = self.kept_registry.rooms(namespace, conn.sid)
             self.kept_registry.disconnect(namespace, conn.sid)
         return rooms
+
+    def _note_drained(self: SocketServer) -> None:
+        """While draining, tell :meth:`drain` when no session is left to hand over."""
+        if self._drained is not None and not self._kept_sessions:
+            if all(conn.detached for conn in self._connections.values()):
+                self._drained.set()
 
     def _forget(self: SocketServer, conn: Connection, why: str) -> None:
         """End a kept session without running anything more: the application was told at the drop."""
@@ -163,6 +195,7 @@ class Recovery:
         if self._connections.get(conn.sid) is conn:
             del self._connections[conn.sid]
         logger.info("kept session of sid=%s ended: %s", conn.sid, why)
+        self._note_drained()
 
     def _expire(self: SocketServer, conn: Connection) -> None:
         if conn.detached and self._connections.get(conn.sid) is conn:

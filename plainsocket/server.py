@@ -58,6 +58,7 @@ from .connection import (
     RATE_LIMITED,
     SERVER_DISCONNECT,
     SERVER_SHUTDOWN,
+    SERVICE_RESTART,
     SLOW_CONSUMER,
     TOO_MANY_CONNECTIONS,
     CallTimeoutError,
@@ -127,6 +128,9 @@ logger = logging.getLogger("plainsocket")
 
 PACKAGE = Path(__file__).resolve().parent
 HEARTBEAT_FRAME = encode(HEARTBEAT).encode()
+# All sessions kept for recovery together, as estimated by Connection.recovery_cost(): a
+# churny crowd of clients that never come back must not fill memory with their sessions.
+DEFAULT_RECOVERY_MAX_MEMORY = 64 * 2**20
 FD_RESERVE = 32  # descriptors kept for Redis, files, logs and the listening socket
 # Frames whose id nobody answers: remembering their ids would let a client grow memory forever.
 _NEVER_ACKED = frozenset({CONNECT, DISCONNECT, HEARTBEAT})
@@ -257,10 +261,12 @@ class SocketServer(Recovery):
         recovery_window: float = 0.0,
         recovery_max_events: int = 1000,
         recovery_max_bytes: int = 2**20,
+        recovery_max_memory: int = DEFAULT_RECOVERY_MAX_MEMORY,
         # Scale-out
         message_queue: str | None = None,
         channel: str = "plainsocket",
         heartbeat_interval: float = 2.0,
+        drain_timeout: float = 5.0,
     ) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -298,6 +304,8 @@ class SocketServer(Recovery):
         self.recovery_window = recovery_window
         self.recovery_max_events = recovery_max_events
         self.recovery_max_bytes = recovery_max_bytes
+        self.recovery_max_memory = recovery_max_memory
+        self.drain_timeout = drain_timeout
         self._tokens: dict[str, str] = {}  # token digest -> sid
         self._released: set[str] = set()  # sids being handed over to another node
         self._offset_prefix = secrets.token_hex(4)  # offsets stay unique across a cluster
@@ -309,6 +317,10 @@ class SocketServer(Recovery):
         self.registry = Registry()  # live clients: what tracking and delivery see
         self.kept_registry = Registry()  # sessions kept for a resume: delivery records for them
         self.recoverable = 0  # how many sessions are kept
+        self.kept_bytes = 0  # what they hold, as estimated for recovery_max_memory
+        self.recovery_evicted = 0  # kept sessions ended early to stay within recovery_max_memory
+        self._kept_sessions: dict[str, Connection] = {}  # oldest drop first
+        self._trimming = False
         self._handlers: dict[str, dict[str, _Handler]] = {DEFAULT_NAMESPACE: {}}
         self._error_handlers: dict[str, _Handler] = {}
         self._default_error_handler: _Handler | None = None
@@ -319,6 +331,8 @@ class SocketServer(Recovery):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._to_flush: list[Connection] = []
         self._closing = False
+        self.draining = False  # handing the sessions to the rest of the cluster before exiting
+        self._drained: asyncio.Event | None = None  # set when no kept session is left to hand over
         self._stop: asyncio.Event | None = None  # set by stop(), SIGTERM or SIGINT while run() serves
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -880,9 +894,15 @@ class SocketServer(Recovery):
         logger.info("listening on %s://%s:%d", scheme, host, self.port)
 
     async def shutdown(self, *, restart: bool = False) -> None:
-        """Close every client with 1001 (1012 with ``restart``), run their disconnect handlers, stop listening."""
-        if self._server is None or self._closing:
+        """Close every client with 1001 (1012 with ``restart``), run their disconnect handlers, stop listening.
+
+        In a cluster with recovery on, drain first (:meth:`drain`): the clients resume on
+        another node and lose nothing.
+        """
+        if self._server is None or self._closing or self.draining:
             return
+        if self.backplane is not None and self.recovery_window and self.drain_timeout:
+            await self.drain()
         self._closing = True
         code, why = (CloseCode.SERVICE_RESTART, "service restart") if restart else (CloseCode.SHUTDOWN, SERVER_SHUTDOWN)
         for conn in list(self._connections.values()):
@@ -909,6 +929,32 @@ class SocketServer(Recovery):
         if self.backplane is not None:
             await self.backplane.stop()
         logger.info("server stopped")
+
+    async def drain(self) -> None:
+        """Hand every session to the rest of the cluster, for a restart that loses nothing.
+
+        Stop accepting; close each client with 1012 ("service restart": reconnect now) and keep
+        its session as after a drop, so that the node it reconnects to claims it over Redis
+        with every frame it missed; wait until every kept session is claimed, or
+        ``drain_timeout`` seconds. :meth:`shutdown` does this first in a cluster.
+        """
+        assert self._server is not None
+        self.draining = True
+        self._drained = asyncio.Event()
+        self._server.close(close_connections=False)  # the other nodes take the new clients
+        live = [conn for conn in self._connections.values() if not conn.detached]
+        logger.info("draining: %d client(s) to hand over within %g s", len(live), self.drain_timeout)
+        for conn in live:
+            conn.close(CloseCode.SERVICE_RESTART, "service restart", SERVICE_RESTART)
+        deadline = asyncio.get_running_loop().time() + self.drain_timeout
+        if self._kept_sessions or any(not conn.detached for conn in self._connections.values()):
+            try:
+                await asyncio.wait_for(self._drained.wait(), self.drain_timeout)
+            except TimeoutError:
+                pass
+        left = len(self._kept_sessions)
+        waited = self.drain_timeout - max(0.0, deadline - asyncio.get_running_loop().time())
+        logger.info("drained in %.1f s: %d session(s) not claimed", waited, left)
 
     def run(
         self,
@@ -1115,6 +1161,12 @@ class SocketServer(Recovery):
         }
         if self.recovery_window:
             report["recoverable"] = self.recoverable
+            report["recovery"] = {
+                "sessions": self.recoverable,
+                "bytes": self.kept_bytes,
+                "max_bytes": self.recovery_max_memory,
+                "evicted": self.recovery_evicted,
+            }
         report["descriptors"] = {
             "sockets": self._sockets,
             "budget": self._socket_budget,
@@ -1187,10 +1239,9 @@ class SocketServer(Recovery):
 
     def _evict_kept_session(self) -> bool:
         """Make room for a live client by ending the oldest session kept for recovery."""
-        for kept in self._connections.values():
-            if kept.detached:
-                self._forget(kept, "its place went to a live client (max_connections)")
-                return True
+        for kept in self._kept_sessions.values():
+            self._forget(kept, "its place went to a live client (max_connections)")
+            return True
         return False
 
     async def _end(self, conn: Connection, reason: str) -> None:
@@ -1204,6 +1255,7 @@ class SocketServer(Recovery):
             await self._leave(conn, namespace, reason, notify=False)
         self._connections.pop(conn.sid, None)
         logger.info("disconnect sid=%s address=%s reason=%s", conn.sid, conn.address, reason)
+        self._note_drained()
 
     def _fail_pending(self, conn: Connection) -> None:
         for future in conn.pending.values():

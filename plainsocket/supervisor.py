@@ -3,7 +3,9 @@
 The parent binds the socket once and every child serves on it (uvicorn's model): connections
 that arrive while a child restarts wait in the kernel's backlog instead of being refused. A
 child that dies is started again, with a log line; with ``--reload`` every child is restarted
-(clients see close code 1012, "service restart", and reconnect) when a watched file changes.
+(clients see close code 1012, "service restart", and reconnect) when a watched file changes,
+and SIGHUP to the parent does the same on demand, one child at a time (a rolling restart: in
+a cluster each child hands its sessions to the others before it exits).
 
 Children find the socket's descriptor in ``PLAINSOCKET_FD`` and their index in
 ``PLAINSOCKET_WORKER``.
@@ -72,12 +74,17 @@ class Supervisor:
         self.started: dict[int, float] = {}
         self.quick_crashes: dict[int, int] = {}
         self.stopping = threading.Event()
+        self.rolling = threading.Event()  # SIGHUP: replace the workers one at a time
         self.exit_code = 0
 
     def run(self) -> int:
-        """Supervise until SIGTERM or SIGINT (forwarded to the children); return the exit code."""
+        """Supervise until SIGTERM or SIGINT (forwarded to the children); return the exit code.
+
+        SIGHUP replaces the children one at a time (a rolling restart, as for a deploy).
+        """
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hangup)
         for index in range(self.workers):
             self._start(index)
         if self.reload_dirs:
@@ -85,10 +92,17 @@ class Supervisor:
         else:
             while not self.stopping.wait(0.2):
                 self._restart_dead()
+                if self.rolling.is_set():
+                    self.rolling.clear()
+                    logger.info("SIGHUP: replacing the workers one at a time")
+                    self._restart_all()
         return self._stop_all()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stopping.set()
+
+    def _on_hangup(self, signum: int, _frame: Any) -> None:
+        self.rolling.set()
 
     def _start(self, index: int) -> None:
         env = {**os.environ, FD_VARIABLE: str(self.sock.fileno()), WORKER_VARIABLE: str(index)}
@@ -135,17 +149,26 @@ class Supervisor:
             self._restart_dead()
 
     def _restart_all(self) -> None:
-        """SIGHUP each child (it closes its clients with 1012) and start a new one once it is gone."""
+        """Replace the children one at a time: SIGHUP one, start its successor, wait for it to exit.
+
+        A SIGHUPed child stops accepting at once and closes its clients with 1012; in a
+        cluster it first hands their sessions over (``--drain-timeout``). Its successor
+        starts meanwhile (it has the same worker index), so the port never lacks a server.
+        """
         for index, child in list(self.children.items()):
-            if child.poll() is None:
+            if self.stopping.is_set():
+                return
+            running = child.poll() is None
+            if running:
                 child.send_signal(signal.SIGHUP)
+            self.quick_crashes[index] = 0
+            self._start(index)
+            if running:
                 try:
                     child.wait(STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
                     child.kill()
                     child.wait()
-            self.quick_crashes[index] = 0
-            self._start(index)
 
     def _stop_all(self) -> int:
         for child in self.children.values():

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,11 @@ class Server:
     def rss(self) -> float:
         """Resident memory in MiB."""
         return self.process.memory_info().rss / 2**20
+
+    def recovery_report(self) -> dict[str, Any] | None:
+        """What ``/healthz`` says of the sessions kept for recovery (None when recovery is off)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as reply:
+            return json.load(reply).get("recovery")
 
     def stop(self, timeout: float = 15) -> int:
         self.proc.terminate()
@@ -285,6 +291,7 @@ async def soak(args: argparse.Namespace, server: Server, stats: Stats) -> int:
     await sender.ws.send(json.dumps(end))
     await asyncio.wait([asyncio.ensure_future(client.done.wait()) for client in steady], timeout=30)
     rss_end = server.rss()
+    kept = await asyncio.to_thread(server.recovery_report)
 
     expected = {"b": list(range(stats.sent["b"])), "r": list(range(stats.sent["r"]))}
     lost = disordered = deliveries = 0
@@ -310,6 +317,11 @@ async def soak(args: argparse.Namespace, server: Server, stats: Stats) -> int:
     print(f"steady clients dropped: {len(dropped)} {Counter(dropped).most_common(3) if dropped else ''}")
     print(f"steady clients without the end marker after 30 s: {unfinished}")
     print(f"server RSS: start {rss_start:.1f} MiB, end {rss_end:.1f} MiB")
+    if kept is not None:
+        print(
+            f"kept for recovery at the end: {kept['sessions']} sessions, estimated {kept['bytes'] / 2**20:.1f} MiB"
+            f" of the {kept['max_bytes'] / 2**20:.0f} MiB budget; {kept['evicted']} ended early by it"
+        )
     return 1 if lost or disordered or dropped or unfinished else 0
 
 

@@ -54,11 +54,9 @@ def recorder(calls: list[Any]) -> Callable[[str], None]:
 async def dropped(socketio: SocketServer, wire: Wire) -> Connection:
     """Abort ``wire``'s TCP connection; return its kept session once the drop's handlers finished."""
     wire.abort()
-    await until(lambda: (conn := socketio._connections.get(wire.sid)) is not None and conn.dropping is not None)
-    conn = socketio._connections[wire.sid]
-    assert conn.dropping is not None
-    await asyncio.shield(conn.dropping)
-    return conn
+    # A drop's task clears itself from the session when its handlers are done.
+    await until(lambda: (c := socketio._connections.get(wire.sid)) is not None and c.detached and c.dropping is None)
+    return socketio._connections[wire.sid]
 
 
 async def waiting_for_claim(socketio: SocketServer, wire: Wire) -> None:

@@ -301,8 +301,12 @@ async def test_resume_on_another_node_through_redis(redis_server: Any, opened: A
         assert hello["data"] == {**hello["data"], "sid": sid, "recovered": True}
         await client.wire.expect("connect", "/test")
         await emitting
-        while sorted(client.numbers) != list(range(total)):
-            await client.next()
+        welcomed = []
+        while sorted(client.numbers) != list(range(total)) or not welcomed:
+            frame = await client.next()
+            if frame["event"] == "welcome":  # B's connect handler, after the replay
+                welcomed.append(frame["data"])
+        assert welcomed == [{"recovered": True, "value": "pear"}]
         assert len(client.numbers) == total, "no duplicates"
         evens = [n for n in client.numbers if n % 2 == 0]
         odds = [n for n in client.numbers if n % 2 == 1]

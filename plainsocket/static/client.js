@@ -94,6 +94,7 @@ const CLOSE_ACTIONS = new Map([
   [1007, 'stop'], // invalid UTF-8: same
   [1008, 'long'], // rate limited for too long
   [4000, 'now'], // slow consumer: the link is fine, the backlog is gone
+  [1012, 'now'], // service restart: the node hands the session to another one, resume there now
   [4001, 'stop'], // the application kicked us
   [4002, 'long'], // too many connections
   [4010, 'stop'], // unsupported protocol (we send it; a server that echoes it will not change)

@@ -1,0 +1,170 @@
+"""Restarts that lose nothing: a stopping node of a cluster hands its sessions to the others.
+
+A node that stops (SIGTERM, SIGHUP from a supervisor, ``shutdown()``) while it has Redis and
+recovery stops accepting, closes its clients with 1012 and keeps their sessions claimable for
+``drain_timeout``; a client that resumes on another node gets every event exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+from conftest import ROOT, running, until
+from test_recovery import Receiver, joined, make_app, storm
+from websockets.exceptions import ConnectionClosed
+from wire import Wire
+
+from plainsocket.backplane import Emitter
+from plainsocket.client import Client
+
+TOTAL = 600
+
+
+async def read_until_closed(client: Receiver) -> int:
+    """Consume frames until the server closes the socket; return its close code."""
+    while True:
+        try:
+            await client.next()
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None, "the server closed with a close frame"
+            return closed.rcvd.code
+
+
+async def test_a_drained_node_hands_its_client_over_mid_storm(redis_server: Any, opened: Any) -> None:
+    """Node A shuts down while B storms its client: 1012, resumed on B, all 600 exactly once, in order."""
+    a, seen_a = make_app(message_queue=redis_server.url, heartbeat_interval=0.25, drain_timeout=10)
+    b, seen_b = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
+    async with running(a) as url_a, running(b) as url_b:
+        await until(lambda: len(a.backplane.alive_nodes()) == len(b.backplane.alive_nodes()) == 2)
+        client = await joined(url_a, opened)
+        sid = client.wire.sid
+        async with storm(b, TOTAL) as emitting:
+            await client.until_number(100)
+            started = time.monotonic()
+            stopping = asyncio.ensure_future(a.shutdown())
+            assert await read_until_closed(client) == 1012, "service restart: reconnect now"
+            assert seen_a["disconnects"] == [(sid, "service restart")], "told at once, as for a drop"
+            hello = await client.resume(url_b, opened)
+            assert hello["data"]["sid"] == sid and hello["data"]["recovered"] is True
+            await stopping
+            assert time.monotonic() - started < 5, "the drain ends once every session is claimed"
+            await emitting
+            welcomed = []
+            while len(client.numbers) < TOTAL or not welcomed:
+                frame = await client.next()
+                if frame["event"] == "welcome":  # B's connect handler, after the replay
+                    welcomed.append(frame["data"]["recovered"])
+        assert client.numbers == list(range(TOTAL)), "every event exactly once, in order"
+        assert welcomed == [True] and await client.wire.silent()
+        assert [c[:2] for c in seen_b["connects"]] == [(sid, True)] and seen_b["disconnects"] == []
+
+
+async def test_alone_a_stopping_node_does_not_drain(opened: Any) -> None:
+    """Without Redis no other node can take the session: shutdown closes with 1001 at once."""
+    socketio, _ = make_app(drain_timeout=10)
+    async with running(socketio) as url:
+        client = await joined(url, opened)
+        started = time.monotonic()
+        stopping = asyncio.ensure_future(socketio.shutdown())
+        assert await read_until_closed(client) == 1001
+        await stopping
+        assert time.monotonic() - started < 3 and not socketio.draining
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def worker_pids(parent: int) -> set[int]:
+    """The children of ``parent`` (Linux: /proc/PID/task/*/children)."""
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{parent}/task"):
+        with open(f"/proc/{parent}/task/{task}/children") as children:
+            found |= {int(pid) for pid in children.read().split()}
+    return found
+
+
+def emit_numbers(redis_url: str, done: threading.Event) -> None:
+    """Publish events 0..TOTAL-1 to /test through Redis, paced over about six seconds."""
+    emitter = Emitter(redis_url)
+    try:
+        for i in range(TOTAL):
+            emitter.emit("n", i, namespace="/test")
+            time.sleep(0.01)
+    finally:
+        emitter.close()
+        done.set()
+
+
+async def test_sighup_replaces_workers_one_at_a_time_and_loses_nothing(redis_server: Any) -> None:
+    """--workers 2 on Redis, SIGHUP to the parent: both workers replaced; a client keeps every event once."""
+    port = free_port()
+    command = [sys.executable, "-m", "plainsocket", "run", "server:socketio", "--workers", "2", "--port", str(port)]
+    command += ["--redis", redis_server.url, "--heartbeat-interval", "0.25", "--log-level", "warning"]
+    parent = subprocess.Popen(  # noqa: ASYNC220 (returns at once: the supervisor runs alongside)
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        url = f"ws://127.0.0.1:{port}"
+        wire = None
+        deadline = time.monotonic() + 20
+        while wire is None:
+            try:
+                wire = await Wire.open(url)
+            except OSError:
+                assert time.monotonic() < deadline, "the workers did not start"
+                await asyncio.sleep(0.1)
+        await until(lambda: len(worker_pids(parent.pid)) == 2, timeout=20)
+        first = worker_pids(parent.pid)
+        client = Receiver(wire)
+        await wire.send("connect", None, "/test")
+        await wire.expect("connect", "/test")
+        # And the Python client, which must resume by itself at once after a 1012.
+        python_client = Client(url)
+        await python_client.open()
+        heard: list[int] = []
+        resumed: list[bool] = []
+        python_client.on("reconnect", lambda attempt, recovered: resumed.append(recovered))
+        (await python_client.connect("/test")).on("n", heard.append)
+        done = threading.Event()
+        threading.Thread(target=emit_numbers, args=(redis_server.url, done), daemon=True).start()
+        await client.until_number(50)
+        parent.send_signal(signal.SIGHUP)
+        moves = 0
+        while len(client.numbers) < TOTAL:
+            try:
+                await client.next(timeout=15)
+            except ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 1012
+                moves += 1
+                client.wire = await Wire.open(f"{url}/?recover={quote(client.token)}&offset={quote(client.offset)}")
+                assert client.wire.hello["data"]["recovered"] is True, "resumed on another worker"
+                client.token = client.wire.hello["data"]["recovery"]["token"]
+        assert client.numbers == list(range(TOTAL)), "every event exactly once, in order"
+        assert moves >= 1, "the client's worker was replaced while it listened"
+        await until(lambda: len(heard) >= TOTAL, timeout=15)
+        assert heard == list(range(TOTAL)) and resumed and all(resumed), "the Python client resumed each time"
+        await python_client.close()
+        await until(lambda: len(worker_pids(parent.pid)) == 2 and not worker_pids(parent.pid) & first, timeout=30)
+        assert done.wait(10)
+        await client.wire.close()
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        try:
+            parent.wait(30)
+        except subprocess.TimeoutExpired:
+            parent.kill()
+            parent.wait()
+    errors = [line for line in (parent.stderr.read() if parent.stderr else "").splitlines() if "Traceback" in line]
+    assert errors == [] and parent.returncode == 0
