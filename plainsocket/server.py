@@ -50,7 +50,9 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import Event
 
 from .connection import (
     CLIENT_DISCONNECT,
@@ -1211,6 +1213,8 @@ class SocketServer(Recovery):
                         conn.worker = None
             else:
                 await self._reconnect_namespaces(conn)
+            assert isinstance(ws, HTTPConnection)
+            ws.on_text = functools.partial(self._on_text, conn)  # the fast path, from now on
             async for message in ws:
                 if type(message) is str:
                     self._on_text(conn, message)
@@ -1790,6 +1794,7 @@ class HTTPConnection(ServerConnection):
 
     method = "GET"
     _start: bytes | None = b""  # the first bytes of the stream, until the method is known
+    on_text: Callable[[str], None] | None = None  # the server's handler of text frames
 
     def __init__(self, *args: Any, tracker: SocketServer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -1802,6 +1807,34 @@ class HTTPConnection(ServerConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         self._tracker._sockets -= 1
         super().connection_lost(exc)
+
+    def process_event(self, event: Event) -> None:
+        """Hand a complete text frame to the server at once: no queue, no task wake-up.
+
+        websockets queues each received message for the handler's ``recv()``: a future and a
+        task switch per message, most of the cost of an echo. Once the server reads this
+        connection (``on_text`` is set), a complete text frame that finds that queue empty
+        is decoded and handled right here, in order with everything else. Anything else
+        (fragments, binary frames, invalid UTF-8, frames behind queued ones) takes the usual
+        way, which keeps websockets' handling of it.
+        """
+        on_text = self.on_text
+        if on_text is not None and event.opcode is Opcode.TEXT and event.fin and not len(self.recv_messages.frames):
+            try:
+                text = bytes(event.data).decode()
+            except UnicodeDecodeError:
+                pass  # recv() fails the connection with 1007, as websockets does
+            else:
+                try:
+                    on_text(text)
+                except Exception:
+                    # Our bug, as when a connection handler crashes: log it, close with 1011.
+                    logger.exception("error while handling a frame")
+                    self.on_text = None
+                    self.protocol.fail(CloseCode.INTERNAL_ERROR)
+                    self.send_data()
+                return
+        super().process_event(event)
 
     def data_received(self, data: bytes) -> None:
         if self._start is None:
