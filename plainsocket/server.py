@@ -50,7 +50,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Opcode
+from websockets.frames import DATA_OPCODES, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Event
 
@@ -1214,12 +1214,10 @@ class SocketServer(Recovery):
             else:
                 await self._reconnect_namespaces(conn)
             assert isinstance(ws, HTTPConnection)
-            ws.on_text = functools.partial(self._on_text, conn)  # the fast path, from now on
-            async for message in ws:
-                if type(message) is str:
-                    self._on_text(conn, message)
-                else:
-                    self._on_binary(conn)
+            # From now on frames are handled as they arrive (HTTPConnection): nothing waits
+            # in recv() for them, so an idle client costs no waiting coroutines.
+            ws.read_with(functools.partial(self._on_text, conn), functools.partial(self._read_queued, conn, ws))
+            await ws.wait_closed()
         except ConnectionClosed:
             pass
         finally:
@@ -1295,6 +1293,20 @@ class SocketServer(Recovery):
             message = f"more than {self.rate_limit:g} frames per second"
             conn.send(self._error("rate_limited", message, namespace, id))
         return False
+
+    async def _read_queued(self, conn: Connection, ws: ServerConnection) -> None:
+        """Handle the messages websockets queued (fragmented, binary, or behind those), in order."""
+        while True:
+            try:
+                message = await ws.recv()
+            except ConnectionClosed:
+                return
+            if type(message) is str:
+                self._on_text(conn, message)
+            else:
+                self._on_binary(conn)
+            if not len(ws.recv_messages.frames):
+                return  # the next complete text frame can take the fast path again
 
     def _on_binary(self, conn: Connection) -> None:
         if conn.close_reason is None and self._admit(conn):
@@ -1783,43 +1795,67 @@ def _builtin_files() -> dict[str, str]:
     return files
 
 
+class _Link:
+    """What :class:`HTTPConnection` adds to websockets' connection, in one slotted object.
+
+    Python shares one key table among the attribute dicts of a class's instances, up to 30
+    keys; websockets' connection uses 28 of them. Past 30 every connection gets a dict of its
+    own, about 1.7 KiB more per client, so everything added here lives behind one key.
+    """
+
+    __slots__ = ("on_queued", "on_text", "reading", "server", "start")
+
+    def __init__(self, server: SocketServer) -> None:
+        self.server = server
+        self.start: bytes | None = b""  # the first bytes of the stream, until the method is known
+        self.on_text: Callable[[str], None] | None = None  # the server's handler of text frames
+        self.on_queued: Callable[[], Awaitable[None]] | None = None  # reads the queued messages
+        self.reading: asyncio.Future[None] | None = None  # on_queued running
+
+
 class HTTPConnection(ServerConnection):
-    """A connection whose plain HTTP requests may use any method.
+    """A connection whose plain HTTP requests may use any method, and whose frames skip a queue.
 
     websockets parses GET requests only (an opening handshake is a GET) and drops any other
     without an answer, so ``curl -I`` would get nothing. The method on the request line is
     swapped for GET before websockets parses it, and remembered: HEAD gets its headers without
     a body, other methods 405, and a request that was not a GET is never upgraded.
+
+    websockets queues each received message for the handler's ``recv()``: a future and a task
+    switch per message, most of the cost of an echo, and coroutines waiting for every idle
+    client. Once the server reads this connection (:meth:`read_with`), a complete text frame
+    that finds that queue empty is decoded and handled as soon as it is parsed, in order with
+    everything else. Anything else (fragments, binary frames, invalid UTF-8, frames behind
+    queued ones) goes through the queue, read by a task only while it holds something, which
+    keeps websockets' handling of it.
     """
 
     method = "GET"
-    _start: bytes | None = b""  # the first bytes of the stream, until the method is known
-    on_text: Callable[[str], None] | None = None  # the server's handler of text frames
 
     def __init__(self, *args: Any, tracker: SocketServer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._tracker = tracker
+        self._link = _Link(tracker)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._tracker._sockets += 1
+        self._link.server._sockets += 1
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._tracker._sockets -= 1
+        self._link.server._sockets -= 1
         super().connection_lost(exc)
 
-    def process_event(self, event: Event) -> None:
-        """Hand a complete text frame to the server at once: no queue, no task wake-up.
+    def read_with(self, on_text: Callable[[str], None], on_queued: Callable[[], Awaitable[None]]) -> None:
+        """Hand every text frame from now on to ``on_text``; queued messages to ``on_queued``."""
+        self._link.on_text, self._link.on_queued = on_text, on_queued
+        self._read_queued()  # what arrived before
 
-        websockets queues each received message for the handler's ``recv()``: a future and a
-        task switch per message, most of the cost of an echo. Once the server reads this
-        connection (``on_text`` is set), a complete text frame that finds that queue empty
-        is decoded and handled right here, in order with everything else. Anything else
-        (fragments, binary frames, invalid UTF-8, frames behind queued ones) takes the usual
-        way, which keeps websockets' handling of it.
-        """
-        on_text = self.on_text
-        if on_text is not None and event.opcode is Opcode.TEXT and event.fin and not len(self.recv_messages.frames):
+    def process_event(self, event: Event) -> None:
+        link = self._link
+        on_text = link.on_text
+        if on_text is None:
+            super().process_event(event)  # the handshake, or a frame before the server reads
+            return
+        if event.opcode is Opcode.TEXT and event.fin and link.reading is None and not len(self.recv_messages.frames):
             try:
                 text = bytes(event.data).decode()
             except UnicodeDecodeError:
@@ -1828,24 +1864,45 @@ class HTTPConnection(ServerConnection):
                 try:
                     on_text(text)
                 except Exception:
-                    # Our bug, as when a connection handler crashes: log it, close with 1011.
-                    logger.exception("error while handling a frame")
-                    self.on_text = None
-                    self.protocol.fail(CloseCode.INTERNAL_ERROR)
-                    self.send_data()
+                    self._crashed()
                 return
         super().process_event(event)
+        if event.opcode in DATA_OPCODES:
+            self._read_queued()
+
+    def _read_queued(self) -> None:
+        """Start reading websockets' queue of messages (in order), unless it is empty or read."""
+        link = self._link
+        if link.reading is None and link.on_queued is not None and len(self.recv_messages.frames):
+            link.reading = asyncio.ensure_future(self._reading(link.on_queued))
+
+    async def _reading(self, read: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await read()
+        except Exception:
+            self._crashed()
+        finally:
+            self._link.reading = None
+
+    def _crashed(self) -> None:
+        """Our bug, as when a connection handler crashes: log it, close with 1011."""
+        logger.exception("error while handling a frame")
+        self._link.on_text = self._link.on_queued = None
+        if self.protocol.state is OPEN:
+            self.protocol.fail(CloseCode.INTERNAL_ERROR)
+            self.send_data()
 
     def data_received(self, data: bytes) -> None:
-        if self._start is None:
+        link = self._link
+        if link.start is None:
             super().data_received(data)
             return
-        data = self._start + data
+        data = link.start + data
         space = data.find(b" ", 0, 16)
         if space == -1 and len(data) < 16:
-            self._start = data  # the request line arrives in pieces
+            link.start = data  # the request line arrives in pieces
             return
-        self._start = None
+        link.start = None
         method = data[:space] if space > 0 else b""
         if method != b"GET" and method.isalpha() and method.isupper():
             self.method = method.decode("ascii")
