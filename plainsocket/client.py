@@ -62,7 +62,7 @@ Command line (prints every received frame as one line of compact JSON)::
 
     python client.py ws://127.0.0.1:5000 --namespace /test --emit 'my event' '{"data": "hi"}'
     python client.py ws://127.0.0.1:5000 --namespace /test --emit 'my ping' --ack
-    python client.py ws://127.0.0.1:5000 --namespace /test --listen
+    python client.py ws://127.0.0.1:5000 --namespace /test --listen   # waits for the server, reconnects
 
 Exceptions::
 
@@ -91,6 +91,7 @@ import json
 import logging
 import random
 import signal
+import ssl
 import sys
 import time
 from collections import deque
@@ -133,6 +134,7 @@ __all__ = [
     "reconnect_delay",
     "serve_for_test",
     "test_client",
+    "websocket_url",
 ]
 
 logger = logging.getLogger("plainsocket.client")
@@ -234,6 +236,22 @@ def reconnect_delay(
     else:
         base = min(delay_max, delay * 2 ** min(attempt, 32))
     return base * (0.5 + rng() / 2)
+
+
+_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+
+
+def websocket_url(url: str) -> str:
+    """Return ``url`` as a ``ws://`` or ``wss://`` URL; ``http(s)://`` maps to ``ws(s)://``.
+
+    Raises:
+        ValueError: no such scheme or no host, in one line that says what is expected.
+    """
+    scheme, netloc, path, query, fragment = urlsplit(url)
+    mapped = _SCHEMES.get(scheme.lower())
+    if mapped is None or not urlsplit(url).hostname:
+        raise ValueError(f"{url!r} is not a server URL: use ws://host:port (or wss://, http://, https://)")
+    return urlunsplit((mapped, netloc, path, query, fragment))
 
 
 def _outgoing(event: str, data: Any, namespace: str, id: int | None = None) -> str:
@@ -480,7 +498,8 @@ class Client:
     """A plainsocket connection: ``async with Client(url) as client: ...``.
 
     Args:
-        url: the server's ``ws://`` or ``wss://`` URL.
+        url: the server's ``ws://`` or ``wss://`` URL; ``http://`` and ``https://`` are taken
+            as ``ws://`` and ``wss://`` (as client.js does). Anything else is a ``ValueError``.
         auth: sent as the ``connect`` data when ``/`` refuses the client, and on reconnection.
         reconnect: reconnect after a drop (docs/protocol.md, "Close codes"), resuming the
             session when the server keeps it ("Extension: connection state recovery").
@@ -525,7 +544,7 @@ class Client:
         # HTTP
         origin: str | None = None,
     ) -> None:
-        self.url = url
+        self.url = websocket_url(url)
         self.auth = auth
         self.reconnect = reconnect
         self.sid: str | None = None
@@ -556,6 +575,7 @@ class Client:
         self._offset: str | None = None
         self._unanswered: list[int] = []
         self._drop_error: DisconnectedError | None = None
+        self._end_reason = ""  # why the connection is gone for good
         self._replay_done: asyncio.Future[bool] | None = None
         self._ws: ClientConnection | None = None
         self._ready = False
@@ -649,7 +669,10 @@ class Client:
             ConnectRefusedError: the server answered ``connect_error``.
             ClientTimeoutError: no answer in time.
             DisconnectedError: the connection is down.
+            RemoteError: the server answered the ``connect`` with an ``error`` event.
+            ProtocolError: ``namespace`` is not a valid name (it must start with ``/``).
         """
+        Envelope(CONNECT, namespace)  # validates the name before anything is sent
         ns = self.namespace(namespace)
         ws = self._ws
         if ws is None or self._closing:
@@ -1025,6 +1048,7 @@ class Client:
     def _finish(self, reason: str, code: int | None) -> None:
         """The connection is gone for good: fail everything still waiting."""
         self._ready = False
+        self._end_reason = reason
         error = DisconnectedError(reason, code)
         for call in self._pending.values():
             if not call.future.done():
@@ -1120,6 +1144,9 @@ class Client:
         event = envelope.event
         if event == ACK or (event == ERROR and envelope.id in self._pending):
             self._settle_call(envelope)
+        elif event == ERROR and envelope.id is None and envelope.namespace in self._connecting:
+            # A connect frame has no id: an error on its namespace while it waits answers it.
+            self._refuse_connect(envelope)
         elif event in (CONNECT, CONNECT_ERROR):
             await self._settle_connect(ws, envelope)
         elif event == HEARTBEAT:
@@ -1138,6 +1165,13 @@ class Client:
             call.future.set_exception(RemoteError(str(data.get("code", "")), str(data.get("message", ""))))
         else:
             call.future.set_result(envelope.data)
+
+    def _refuse_connect(self, envelope: Envelope) -> None:
+        """Fail the ``connect()`` that an ``error`` event answers, at once."""
+        future = self._connecting.pop(envelope.namespace)
+        data = envelope.data if isinstance(envelope.data, dict) else {}
+        if not future.done():
+            future.set_exception(RemoteError(str(data.get("code", "")), str(data.get("message", ""))))
 
     async def _settle_connect(self, ws: ClientConnection, envelope: Envelope) -> None:
         ns = self.namespace(envelope.namespace)
@@ -1283,12 +1317,22 @@ test_client.__test__ = False  # type: ignore[attr-defined]  # not a test: pytest
 # Command line
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Connect to a plainsocket server, emit events and print every received frame as one line of JSON."
+    parser = _Parser(
+        prog="plainsocket client",
+        description="Connect to a plainsocket server, emit events and print every received frame as one line of JSON.",
     )
-    parser.add_argument("url", help="server URL, e.g. ws://127.0.0.1:5000")
-    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace to join (default /)")
+    parser.add_argument("url", help="server URL, e.g. ws://127.0.0.1:5000 (http:// and https:// also work)")
+    parser.add_argument(
+        "--namespace", default=DEFAULT_NAMESPACE, help="namespace to join (default /; 'test' means '/test')"
+    )
     parser.add_argument("--auth", help="JSON auth payload for connect")
     parser.add_argument(
         "--emit",
@@ -1299,7 +1343,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="emit EVENT with optional JSON DATA; repeat for several, sent in order",
     )
     parser.add_argument("--ack", action="store_true", help="ask for an ack for each emit, wait for it")
-    parser.add_argument("--listen", action="store_true", help="keep printing frames until interrupted")
+    parser.add_argument(
+        "--listen",
+        action="store_true",
+        help="keep printing frames until interrupted; wait for the server and reconnect after outages",
+    )
     parser.add_argument(
         "--wait",
         type=float,
@@ -1310,6 +1358,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each ack (default 5)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     args = parser.parse_args(argv)
+    try:
+        args.url = websocket_url(args.url)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not args.namespace.startswith("/"):
+        args.namespace = "/" + args.namespace  # as socket.io's io("host/test") reads a path
+    try:
+        Envelope(CONNECT, args.namespace)
+    except ProtocolError as exc:
+        parser.error(f"--namespace {args.namespace!r}: {exc.message}")
     if args.auth is not None:
         try:
             args.auth = json.loads(args.auth)
@@ -1335,6 +1393,120 @@ def _compact(text: str) -> str:
         return json.dumps(text)  # not JSON: print it as a JSON string, still one line
 
 
+def _server_error(text: str) -> str | None:
+    """Return ``code: message`` when ``text`` is an ``error`` event, else None."""
+    envelope, _ = _parse(text)
+    if not isinstance(envelope, Envelope) or envelope.event != ERROR:
+        return None
+    data = envelope.data if isinstance(envelope.data, dict) else {}
+    return f"{data.get('code', '')}: {data.get('message', '')} (on {envelope.namespace})"
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    """Say in one line why the connection to ``url`` failed; never an empty message."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        why = " (this Origin is not allowed)" if status == HTTP_FORBIDDEN else ""
+        return f"the server refused the WebSocket handshake with HTTP {status}{why}"
+    if isinstance(exc, ConnectionClosed):
+        close = exc.rcvd
+        if close is None:
+            return "the connection dropped before the server's greeting"
+        return f"the server closed the connection with {close.code}{' ' + close.reason if close.reason else ''}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {urlsplit(url).netloc} (is the server running?)"
+    detail = str(exc) or type(exc).__name__
+    if url.startswith("wss:") and isinstance(exc, (ssl.SSLError, ConnectionResetError, EOFError)):
+        return f"TLS handshake with {urlsplit(url).netloc} failed ({detail}): is it a plain ws:// server?"
+    return detail
+
+
+RETRYABLE = (OSError, InvalidHandshake, TimeoutError, ConnectionClosed, EOFError)
+
+
+def _say(text: str) -> None:
+    print(f"plainsocket client: {text}", file=sys.stderr, flush=True)
+
+
+async def _open_waiting(make: Callable[[], Client], url: str) -> Client:
+    """Open a client, waiting for a server that is down (one line on stderr per change)."""
+    attempt = 0
+    said = None
+    while True:
+        client = make()
+        try:
+            await client.open()
+        except RETRYABLE as exc:
+            if isinstance(exc, InvalidStatus) and exc.response.status_code == HTTP_FORBIDDEN:
+                raise
+            why = _describe(exc, url)
+            if why != said:
+                _say(f"waiting for {url}: {why}")
+                said = why
+            await asyncio.sleep(reconnect_delay(ABNORMAL_CLOSURE, attempt, delay=0.5, delay_max=5.0) or 0.5)
+            attempt += 1
+            continue
+        if said is not None:
+            _say(f"connected to {url}")
+        return client
+
+
+async def _run_cli(args: argparse.Namespace) -> int:
+    arrived = asyncio.Event()
+    errors: list[str] = []
+
+    def print_frame(text: str) -> None:
+        arrived.set()
+        print(_compact(text), flush=True)
+        error = _server_error(text)
+        if error is not None:
+            errors.append(error)
+
+    def on_disconnect(reason: str) -> None:
+        if reason != "client":
+            _say(f"disconnected ({reason}): reconnecting")
+
+    def on_reconnect(attempt: int, recovered: bool) -> None:
+        how = "session resumed" if recovered else "new session, frames sent meanwhile are lost"
+        _say(f"reconnected after {attempt} attempt{'s' if attempt > 1 else ''} ({how})")
+
+    def make() -> Client:
+        client = Client(args.url, args.auth, reconnect=args.listen, max_queue=0)
+        client.on("frame", print_frame)
+        if args.listen:
+            client.on("disconnect", on_disconnect)
+            client.on("reconnect", on_reconnect)
+        return client
+
+    if args.listen:
+        client = await _open_waiting(make, args.url)
+    else:
+        client = make()
+        await client.open()
+    try:
+        ns = client.root
+        if args.namespace != DEFAULT_NAMESPACE:
+            ns = await client.connect(args.namespace, auth=args.auth)
+        for event, data in args.emit:
+            if args.ack:
+                await ns.call(event, data, timeout=args.timeout)
+            else:
+                await ns.emit(event, data)
+        if args.listen:
+            await client.wait_closed()
+            if not client._closing:
+                _say(f"error: {client._end_reason}; not reconnecting")
+                return 1
+        elif not args.ack:
+            await _settle(args.wait, arrived)
+    finally:
+        await client.close()
+    if errors and not args.listen:
+        _say(f"error: the server answered {errors[0]}")
+        return 1
+    return 0
+
+
 async def _settle(quiet: float, arrived: asyncio.Event) -> None:
     """Return once no frame has arrived for ``quiet`` seconds."""
     while True:
@@ -1346,38 +1518,13 @@ async def _settle(quiet: float, arrived: asyncio.Event) -> None:
             return
 
 
-async def _run_cli(args: argparse.Namespace) -> int:
-    arrived = asyncio.Event()
-
-    def print_frame(text: str) -> None:
-        arrived.set()
-        print(_compact(text), flush=True)
-
-    client = Client(args.url, args.auth, reconnect=args.listen, max_queue=0)
-    client.on("frame", print_frame)
-    async with client:
-        ns = client.root
-        if args.namespace != DEFAULT_NAMESPACE:
-            ns = await client.connect(args.namespace, auth=args.auth)
-        for event, data in args.emit:
-            if args.ack:
-                await ns.call(event, data, timeout=args.timeout)
-            else:
-                await ns.emit(event, data)
-        if args.listen:
-            await client.wait_closed()
-        elif not args.ack:
-            await _settle(args.wait, arrived)
-    return 0
-
-
 def _with_query(url: str, param: str) -> str:
     scheme, netloc, path, query, fragment = urlsplit(url)
     return urlunsplit((scheme, netloc, path, "&".join(filter(None, [query, param])), fragment))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line client; return the exit status."""
+    """Run the command line client; return the exit status (2: usage, 1: connection or server error)."""
     args = _parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -1390,8 +1537,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run_cli(args))
     except KeyboardInterrupt:
         return 130
-    except (ClientError, OSError, InvalidHandshake, TimeoutError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ClientError as exc:
+        _say(f"error: {exc}")
+        return 1
+    except (*RETRYABLE, ValueError) as exc:
+        _say(f"error: {_describe(exc, args.url)}")
         return 1
 
 
