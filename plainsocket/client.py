@@ -151,7 +151,9 @@ ABNORMAL_CLOSURE = 1006  # RFC 6455 7.1.5: the connection closed without a close
 HTTP_FORBIDDEN = 403  # an Origin the server does not allow: give up
 # Drops after which a server with recovery on keeps the session (network loss, ping timeout,
 # slow consumer): calls in flight wait for the recovery instead of failing at once.
-RECOVERABLE_CODES = frozenset({ABNORMAL_CLOSURE, CloseCode.INTERNAL_ERROR, CloseCode.SLOW_CONSUMER})
+# After 1009 too: only the frame that was too big is lost (see Client._refused_too_big).
+MESSAGE_TOO_BIG = 1009
+RECOVERABLE_CODES = frozenset({ABNORMAL_CLOSURE, CloseCode.INTERNAL_ERROR, CloseCode.SLOW_CONSUMER, MESSAGE_TOO_BIG})
 
 
 class ClientError(Exception):
@@ -179,7 +181,10 @@ class ProtocolVersionError(ClientError):
 
 
 class RemoteError(ClientError):
-    """The server answered a call with an ``error`` event.
+    """The server answered a call with an ``error`` event, or refused it as too big.
+
+    ``message_too_big``: the server closed the link with 1009 for this frame (the session is
+    resumed), or the frame is as large as one it refused so and was not sent.
 
     Attributes:
         code: the machine code, e.g. ``unknown_event`` (docs/protocol.md, "Errors").
@@ -576,6 +581,9 @@ class Client:
         self._unanswered: list[int] = []
         self._drop_error: DisconnectedError | None = None
         self._end_reason = ""  # why the connection is gone for good
+        # The largest frame sent on the current link, and the smallest the server refused (1009).
+        self._largest: tuple[int, str] = (0, "")
+        self._refused_bytes: int | None = None
         self._replay_done: asyncio.Future[bool] | None = None
         self._ws: ClientConnection | None = None
         self._ready = False
@@ -841,6 +849,7 @@ class Client:
 
     def _start_reading(self, ws: ClientConnection) -> None:
         self._ws = ws
+        self._largest = (0, "")
         self._reader = asyncio.create_task(self._read(ws))
 
     async def _read(self, ws: ClientConnection) -> tuple[int, str]:
@@ -863,6 +872,8 @@ class Client:
         await ws.wait_closed()
         code = ws.close_code if ws.close_code is not None else ABNORMAL_CLOSURE
         reason = ws.close_reason or ""
+        if code == MESSAGE_TOO_BIG:
+            await self._refused_too_big()
         await self._connection_lost(code, reason)
         return code, reason
 
@@ -985,7 +996,7 @@ class Client:
                 if call is None or call.future.done():
                     continue  # answered by a replayed frame, or given up
                 try:
-                    await ws.send(call.text)  # the server drops it if it was handled already
+                    await self._write(ws, call.text)  # the server drops it if it was handled already
                 except ConnectionClosed:
                     return False
         else:
@@ -999,7 +1010,7 @@ class Client:
         while self._buffer:
             item = self._buffer.popleft()
             try:
-                await ws.send(item[0])
+                await self._write(ws, item[0])
             except ConnectionClosed:
                 self._buffer.appendleft(item)  # not sent: keep it for the next connection
                 return False
@@ -1063,13 +1074,50 @@ class Client:
 
     # Sending
 
+    async def _write(self, ws: ClientConnection, text: str) -> None:
+        """Send ``text`` on ``ws``, keeping the largest frame sent (what a 1009 is about)."""
+        await ws.send(text)
+        if len(text) * 3 > self._largest[0]:  # at most 3 bytes per character: rarely measured
+            size = len(text.encode())
+            if size > self._largest[0]:
+                self._largest = (size, text)
+
+    def _check_size(self, text: str) -> None:
+        if self._refused_bytes is not None and len(text.encode()) >= self._refused_bytes:
+            raise RemoteError(
+                "message_too_big", f"the server refused a message of {self._refused_bytes} bytes as too big"
+            )
+
+    async def _refused_too_big(self) -> None:
+        """Close code 1009: the largest frame sent on the link was over the server's limit.
+
+        Every frame the server read before it was within the limit, so it is that one (or one
+        as large). Its call fails with ``message_too_big`` (a plain emit gets an ``error``
+        event on its namespace), it is not sent again, and frames as large are refused.
+        """
+        size, text = self._largest
+        if not text:
+            return
+        self._refused_bytes = min(self._refused_bytes or size, size)
+        envelope, _ = _parse(text)
+        event = envelope.event if isinstance(envelope, Envelope) else "a message"
+        message = f"{event!r} ({size} bytes) is over the server's size limit (close code 1009): not delivered"
+        id = envelope.id if isinstance(envelope, Envelope) else None
+        call = self._pending.pop(id, None) if id is not None else None
+        if call is not None and not call.future.done():
+            call.future.set_exception(RemoteError("message_too_big", message))
+        elif isinstance(envelope, Envelope):
+            data = {"code": "message_too_big", "message": message, "event": event, "bytes": size}
+            await self._deliver(Envelope(ERROR, envelope.namespace, data))
+
     async def _send(self, text: str, ack_id: int | None = None) -> None:
         """Send a frame now, or buffer it while reconnecting."""
         if self._closed is None or self._closed.is_set() or self._closing:
             raise DisconnectedError("the connection is closed")
+        self._check_size(text)
         if self._ready and self._ws is not None:
             try:
-                await self._ws.send(text)
+                await self._write(self._ws, text)
                 return
             except ConnectionClosed:
                 pass  # the reader will notice; keep the frame for the next connection
@@ -1084,8 +1132,9 @@ class Client:
         ws = self._ws
         if not self._ready or ws is None or self._closing:
             raise DisconnectedError("not connected")
+        self._check_size(text)
         try:
-            await ws.send(text)
+            await self._write(ws, text)
         except ConnectionClosed:
             raise DisconnectedError("the connection is closed") from None
 

@@ -515,3 +515,54 @@ def test_auth_for_root_arrives_with_the_first_connect(
     assert sid
     server.wait_for_log("admitted with {'token': 's3cret'}")
     assert not any("refused auth" in line for line in server.log), "no refusal before the auth"
+
+
+# 8. A message over the server's size limit (close 1009)
+
+
+def test_too_big_message_is_an_error_and_calls_in_flight_survive(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """1009: the oversized call fails with message_too_big, a call in flight is still answered after the resume."""
+    server = start_server("tests.apps.calls:socketio", "--max-message-size", "1024")
+    page = open_blank(new_page, server)
+    result = page.evaluate(
+        f"""async (url) => {{
+            const root = client.connect(url, {FAST});
+            await root.ready;
+            const disconnects = [];
+            root.on('disconnect', (reason, details) => disconnects.push(details.code));
+            const slow = root.emitWithAck('slow', {{ seconds: 1 }});
+            const big = await root.emitWithAck('record', 'x'.repeat(2000)).then(() => null, (e) => [e.code, e.data]);
+            const answer = await slow.catch((e) => e.code);
+            const recovered = root.recovered;
+            // The server's limit is now known: a frame as large is refused here, the link stays.
+            const warning = nextWarning(root);
+            root.emit('record', 'y'.repeat(3000));
+            const local = await warning;
+            const ran = await root.emitWithAck('count', 'slow');
+            return {{ big, answer, recovered, local, ran, disconnects }};
+        }}""",
+        server.ws_url,
+    )
+    code, data = result.pop("big")
+    assert code == "message_too_big" and data["event"] == "record" and data["bytes"] > 2000
+    assert result == {
+        "answer": {"slow": 1},
+        "recovered": True,
+        "local": "message_too_big",
+        "ran": 1,
+        "disconnects": [1009],
+    }
+
+
+def test_too_big_echo_is_shown_on_the_demo(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """An Echo over the size limit says so next to the button; the session is resumed."""
+    server = start_server("--max-message-size", "1024")
+    page = open_demo(new_page, server)
+    submit(page, "emit", emit_data="z" * 2000)
+    expect(page.locator("#emit .reply")).to_contain_text("message_too_big")
+    expect(page.locator("#log li.error", has_text="over the server's size limit")).to_have_count(1)
+    expect(page.locator("#status")).to_have_text("connected (recovered)")

@@ -51,8 +51,13 @@
  *                              `transport close`, `ping timeout`, `offline` (the browser's
  *                              `offline` event: the link is dropped without a close frame, so
  *                              the session can be resumed; `online` reconnects at once)
- *   error (SocketError)        the server refused one of our frames
- *   warning (SocketError)      an emit was dropped (buffer full, closed, left)
+ *   error (SocketError)        the server refused one of our frames; `message_too_big` when
+ *                              it closed the link with 1009 for a frame over its size limit
+ *                              (`data: {event, bytes}`; a call's own promise gets it instead):
+ *                              that frame is not delivered nor sent again, the session is
+ *                              resumed, and frames as large are refused locally from then on
+ *   warning (SocketError)      an emit was dropped (buffer full, closed, left, or as large as
+ *                              one the server refused: `message_too_big`)
  *   reconnect_attempt (n)      reconnect (attempts it took, {recovered})
  *   reconnect_failed (attempts)
  * `reconnect` follows socket.io's Manager: it also comes when the very first connection only
@@ -73,8 +78,8 @@
  * says `recovered: true`. If not, this is a new session: calls sent before the drop fail with
  * `disconnected` and `connect` says `recovered: false`, which tells the application to
  * resynchronise (`socket.recovered` says the same). Without recovery, delivery is at most once:
- * frames written to a socket that then dies are lost (never resent, which is also what close
- * code 1009 asks for).
+ * frames written to a socket that then dies are lost (never resent). After close code 1009
+ * the session is resumed like after any drop, except for the frame that was too big.
  */
 
 /** The protocol version this client speaks (docs/protocol.md, "Connecting"). */
@@ -143,7 +148,7 @@ export class SocketError extends Error {
    * @param {string} code machine-readable: a server error code (`unknown_event`, ...) or one
    *   of `ack_timeout`, `disconnected`, `buffer_overflow`, `closed`, `connect_refused`,
    *   `connect_failed`, `connect_timeout`, `server_full`, `rate_limited`,
-   *   `unsupported_protocol`, `reserved_event`, `reconnect_failed`
+   *   `unsupported_protocol`, `reserved_event`, `reconnect_failed`, `message_too_big`
    * @param {string} message for people
    * @param {*} [data] the server's payload, when there was one
    */
@@ -380,6 +385,11 @@ class Namespace {
 
   /** Write an encoded frame now if possible, else keep it for the next `connect`. */
   queue(text, event, id) {
+    if (this.manager.overLimit(text)) {
+      const limit = `the server refused a message of ${this.manager.refusedBytes} bytes as too big`;
+      this.drop({ text, event, id }, 'message_too_big', limit);
+      return;
+    }
     if (this.manager.closed) {
       this.drop({ text, event, id }, 'closed', 'the socket is closed');
       return;
@@ -647,6 +657,8 @@ class Manager {
     this.pending = new Map();
     /** Counts frames with an id as they are written, so re-sends keep their original order. */
     this.sendSeq = 0;
+    /** Size in bytes of the smallest frame the server refused as too big (1009); null: none. */
+    this.refusedBytes = null;
     // Connection state recovery (docs/protocol.md, "Extension: connection state recovery")
     /** The server's single-use recovery token; null when it offers no recovery. */
     this.token = null;
@@ -805,7 +817,48 @@ class Manager {
   writeOn(ws, text) {
     if (!ws || ws !== this.ws || !this.ready || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(text);
+    // Keep the largest frame written: the one a 1009 is about (see `refusedTooBig`). A text of
+    // n UTF-16 units is at most 3n bytes: most frames are never measured.
+    if (text.length * 3 > (ws.largest?.bytes ?? 0)) {
+      const bytes = utf8Length(text);
+      if (bytes > (ws.largest?.bytes ?? 0)) ws.largest = { bytes, text };
+    }
     return true;
+  }
+
+  /** Whether `text` is as large as a frame the server refused with 1009. */
+  overLimit(text) {
+    return this.refusedBytes !== null && text.length * 3 >= this.refusedBytes && utf8Length(text) >= this.refusedBytes;
+  }
+
+  /**
+   * Close code 1009: a frame written on `ws` was over the server's size limit. It is the
+   * largest one (or as large as it): every frame the server read before was within the limit.
+   * Its call fails with `message_too_big` (else the namespace gets an `error`), it is never
+   * sent again, and later frames of its size or more are refused before sending.
+   */
+  refusedTooBig(ws) {
+    const largest = ws.largest;
+    if (!largest) return;
+    this.refusedBytes = Math.min(this.refusedBytes ?? Infinity, largest.bytes);
+    let frame = null;
+    try {
+      frame = JSON.parse(largest.text);
+    } catch {
+      frame = null;
+    }
+    const event = typeof frame?.event === 'string' ? frame.event : 'a message';
+    const error = new SocketError(
+      'message_too_big',
+      `"${event}" (${largest.bytes} bytes) is over the server's size limit (close code 1009): not delivered`,
+      { event, bytes: largest.bytes },
+    );
+    error.closeCode = 1009;
+    if (Number.isInteger(frame?.id) && this.pending.has(frame.id)) {
+      this.settleAck(frame.id, error);
+    } else {
+      (this.namespaces.get(frame?.namespace) ?? this.namespaces.get('/'))?.emitLocal('error', error);
+    }
   }
 
   /**
@@ -950,6 +1003,7 @@ class Manager {
    */
   onClose(ws, code) {
     if (ws !== this.ws) return;
+    if (code === 1009) this.refusedTooBig(ws);
     const action = CLOSE_ACTIONS.get(code) ?? 'backoff';
     const reason = code === 4001 ? 'io server disconnect' : 'transport close';
     this.lose(reason, { code }, action);
@@ -957,10 +1011,9 @@ class Manager {
 
   /** Drop the current WebSocket and everything tied to it, then reconnect or give up. */
   lose(reason, details, action) {
-    // The server keeps a session whose link dropped, and its answers to our calls; not after
-    // 1009, which means "do not send that frame again" (and ends the session anyway).
-    const resumable =
-      this.token !== null && action !== 'stop' && this.options.reconnect && details.code !== 1009;
+    // The server keeps a session whose link dropped, and its answers to our calls (after a
+    // 1009 too: only the frame that was too big is not sent again, see `refusedTooBig`).
+    const resumable = this.token !== null && action !== 'stop' && this.options.reconnect;
     // Closed before the server's greeting: this attempt failed (nothing was connected).
     const failedAttempt = !this.ready;
     // A link we think dead is left to die by itself: a closing handshake that got through
@@ -1154,6 +1207,21 @@ class Manager {
       }
     }
   }
+}
+
+/** The size of `text` in UTF-8, in bytes (what the server's size limit counts). */
+function utf8Length(text) {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) bytes += 1;
+    else if (unit < 0x800) bytes += 2;
+    else if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      bytes += 4; // a surrogate pair: one code point of four bytes
+      i += 1;
+    } else bytes += 3;
+  }
+  return bytes;
 }
 
 /** The `connect_error` of an attempt whose WebSocket closed before the server's greeting. */
