@@ -566,3 +566,67 @@ def test_too_big_echo_is_shown_on_the_demo(
     expect(page.locator("#emit .reply")).to_contain_text("message_too_big")
     expect(page.locator("#log li.error", has_text="over the server's size limit")).to_have_count(1)
     expect(page.locator("#status")).to_have_text("connected (recovered)")
+
+
+# 9. retries: emits that must arrive, over a link that dies silently
+
+
+def test_retries_resend_emits_lost_on_a_silently_dead_link(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """With retries, an emit whose frame (or whose ack) a dead link swallowed arrives once, after the resume."""
+    server = start_server("tests.apps.calls:socketio")
+    with Relay(server.port) as relay:
+        page = open_blank(new_page, relay)
+        page.evaluate(
+            f"""async (url) => {{
+                const options = {{...{FAST}, retries: 30, ackTimeout: 300, heartbeatInterval: 60000, heartbeatTimeout: 500}};
+                window.root = client.connect(url, options);
+                await root.ready;
+                window.warnings = [];
+                root.on('warning', (e) => warnings.push(e.code));
+                window.connects = [];
+                root.on('connect', (data) => connects.push(data.recovered));
+            }}""",
+            relay.ws_url,
+        )
+        relay.swallow("up")  # the emit never reaches the server
+        page.evaluate("root.emit('record', 'lost on the way up')")
+        relay.wait(lambda: relay.swallowed["up"] > 0, "emit swallowed")
+        page.wait_for_function("connects.length === 1", timeout=RECONNECT_TIMEOUT)
+        relay.swallow("down")  # the server handles the call, its ack is lost
+        page.evaluate("() => { window.answer = root.emitWithAck('record', 'ack lost on the way down'); }")
+        relay.wait(lambda: relay.swallowed["down"] > 0, "ack swallowed")
+        page.wait_for_function("connects.length === 2", timeout=RECONNECT_TIMEOUT)
+        assert page.evaluate("answer") == 1
+        counts = page.evaluate(
+            "Promise.all(['lost on the way up', 'ack lost on the way down'].map((key) => root.emitWithAck('count', key)))"
+        )
+        assert counts == [1, 1]
+        assert page.evaluate("[connects, warnings]") == [[True, True], []]
+
+
+def test_volatile_emits_are_dropped_when_not_connected(new_page: Callable[[], Page], server: ServerProcess) -> None:
+    """volatile.emit sends when connected and drops, silently, while connecting; emit buffers."""
+    page = open_blank(new_page, server)
+    result = page.evaluate(
+        """async (url) => {
+            const test = await client.connect(url).of('/test').ready;
+            const got = [];
+            test.on('my response', (d) => { if (d.data !== 'Connected') got.push(d.data); });
+            const warnings = [];
+            test.on('warning', (e) => warnings.push(e.code));
+            test.volatile.emit('my event', { data: 'live' });
+            test.disconnect();
+            test.connect();
+            test.volatile.emit('my event', { data: 'while connecting' });
+            test.emit('my event', { data: 'buffered' });
+            await test.ready;
+            await test.emitWithAck('my ping');  // after every echo above
+            let withAck = null;
+            try { test.volatile.emit('my ping', null, () => {}); } catch (e) { withAck = e.name; }
+            return { got, warnings, withAck };
+        }""",
+        server.ws_url,
+    )
+    assert result == {"got": ["live", "buffered"], "warnings": [], "withAck": "TypeError"}

@@ -25,7 +25,12 @@
  *                                       (refused, lost session) goes to the `error` event
  *   timeout(ms).emit(event, data, (err, answer) => ...)   err: SocketError, `ack_timeout`...
  *   emitWithAck(event, data, {timeout}) / timeout(ms).emitWithAck(event, data): a promise
+ *   volatile.emit(event, data)          sent only if connected now, else dropped silently
  * `emit` takes one data value (the envelope has one `data`): more arguments are a TypeError.
+ * With `connect(url, {retries: n})` (socket.io-client's option) every emit asks for an ack,
+ * and one that got none within `ackTimeout` checks the link and waits again, n times: a frame
+ * sent over a link that died silently is sent again with its id after the resume, and the
+ * server handles it once. (A new session instead fails it: `disconnected`.)
  *
  * State: `connected`, `disconnected`, `active` (connected, or will (re)connect by itself),
  * `id` (the sid while connected, else undefined), `sid` (the last one), `recovered`, and
@@ -106,6 +111,9 @@ const CLOSE_ACTIONS = new Map([
 // A refused handshake (HTTP 403 for a disallowed Origin) should mean "give up", but browsers
 // report it as a plain 1006, the same as an unreachable server: both back off.
 
+/** Failures of an emit that are the client's to report (`warning`), not the server's (`error`). */
+const LOCAL_FAILURES = new Set(['ack_timeout', 'disconnected', 'closed', 'buffer_overflow', 'reconnect_failed']);
+
 /** Close code a client sends when it does not speak the server's protocol version. */
 const CLOSE_UNSUPPORTED_PROTOCOL = 4010;
 
@@ -137,6 +145,10 @@ const DEFAULTS = Object.freeze({
   heartbeatTimeout: 20000,
   /** Default `timeout` of `emitWithAck`. */
   ackTimeout: 10000,
+  /** socket.io-client's `retries`: each emit (plain ones too) asks for an ack; a timeout
+   * without one checks the link and waits again, this many times, so that a frame sent over a
+   * link that died silently is sent again after the resume, and arrives once. 0: off. */
+  retries: 0,
   // Limits
   /** Emits kept per namespace while it is not connected; the oldest is dropped beyond this. */
   bufferSize: 100,
@@ -320,8 +332,39 @@ class Namespace {
     const data = args.length ? args[0] : null;
     const text = encode(event, this.name, data, null); // throws now for a reserved name
     if (callback) this.emitWithCallback(event, data, callback, null, false);
+    else if (this.manager.options.retries > 0) this.emitUntilAcked(event, data);
     else this.queue(text, event, null);
     return this;
+  }
+
+  /**
+   * With the `retries` option, a plain emit asks for an ack, so that it arrives (see
+   * `emitWithAck`). Given up on (`ack_timeout`, a new session...): a `warning`; refused by
+   * the server: an `error`, as without retries.
+   */
+  emitUntilAcked(event, data) {
+    this.emitWithAck(event, data, { plain: true }).catch((error) =>
+      this.emitLocal(LOCAL_FAILURES.has(error.code) ? 'warning' : 'error', error),
+    );
+  }
+
+  /**
+   * socket.io's `socket.volatile.emit(event, data)`: sent only if this namespace is connected
+   * now (nothing waits in its buffer); otherwise dropped, without a word (cursor positions, a
+   * typing indicator: a stale one is worse than none). No ack, no retries.
+   */
+  get volatile() {
+    const ns = this;
+    return {
+      emit(event, ...args) {
+        if (typeof args.at(-1) === 'function' || args.length > 1) {
+          throw new TypeError(`volatile.emit("${event}", data): one data value, and no ack (it may be dropped)`);
+        }
+        const text = encode(event, ns.name, args.length ? args[0] : null, null);
+        if (ns.connected && ns.buffer.length === 0 && !ns.manager.overLimit(text)) ns.manager.write(text);
+        return ns;
+      },
+    };
   }
 
   /** `emit` with an ack callback: `callback(answer)`, or `callback(err, answer)` if `withError`. */
@@ -360,23 +403,37 @@ class Namespace {
    * @param {string} event
    * @param {*} [data]
    * @param {{timeout?: number|null}} [options] ms from now until rejecting with `ack_timeout`
-   *   (null: wait forever); defaults to the `ackTimeout` option
+   *   (null: wait forever); defaults to the `ackTimeout` option. With the `retries` option,
+   *   each timeout that finds no ack checks the link first (a heartbeat that must be answered
+   *   within `heartbeatTimeout`) and waits again, up to `retries` times: a dead link is
+   *   dropped, the session resumed, and the frame sent again with its id, which the server
+   *   handles once (docs/protocol.md, "Client acknowledgements across a drop").
    * @returns {Promise<*>} the handler's return value; rejects with a `SocketError` whose
    *   code is the server's error code, `ack_timeout`, `disconnected` (the frame was sent
    *   but the link or the namespace went away), `buffer_overflow` or `closed`
    */
-  emitWithAck(event, data = null, { timeout = this.manager.options.ackTimeout } = {}) {
+  emitWithAck(event, data = null, { timeout = this.manager.options.ackTimeout, plain = false } = {}) {
     return new Promise((resolve, reject) => {
       const id = this.manager.nextAckId++;
       const text = encode(event, this.name, data, id); // throws (so rejects) before registering
       // `text` is kept to send the frame once more after a recovery; `seq` orders such re-sends.
-      const entry = { namespace: this, text, resolve, reject, timer: null, sent: false, seq: 0 };
+      const entry = { namespace: this, text, resolve, reject, timer: null, sent: false, seq: 0, plain };
       if (timeout !== null && timeout !== undefined) {
-        entry.timer = setTimeout(() => {
+        let retries = this.manager.options.retries;
+        const expire = () => {
+          if (retries > 0 && this.manager.pending.has(id)) {
+            // Over a live link the answer is only slow (TCP delivered the frame); over a dead
+            // one the probe drops it, and the resume sends the frame again.
+            retries -= 1;
+            this.manager.probe();
+            entry.timer = setTimeout(expire, timeout);
+            return;
+          }
           this.buffer = this.buffer.filter((b) => b.id !== id); // gave up: do not send it later
           const error = new SocketError('ack_timeout', `no ack for "${event}" within ${timeout} ms`);
           this.manager.settleAck(id, error);
-        }, timeout);
+        };
+        entry.timer = setTimeout(expire, timeout);
       }
       this.manager.pending.set(id, entry);
       this.queue(text, event, id);
@@ -412,8 +469,9 @@ class Namespace {
   /** Forget a buffered frame, telling whoever waits for it. */
   drop(entry, code, why) {
     const error = new SocketError(code, `${why}: "${entry.event}" dropped`);
+    const plain = entry.id !== null && this.manager.pending.get(entry.id)?.plain;
     if (entry.id !== null) this.manager.settleAck(entry.id, error);
-    this.emitLocal('warning', error);
+    if (!plain) this.emitLocal('warning', error); // a plain emit's own failure handler warns
   }
 
   /** Send buffered frames in order; stop if the link goes away halfway. */
@@ -1140,6 +1198,11 @@ class Manager {
   }
 
   // Heartbeat (docs/protocol.md, "Heartbeat")
+
+  /** Check the link now: a heartbeat that must be answered within `heartbeatTimeout`. */
+  probe() {
+    if (this.ws && this.write('{"event":"heartbeat"}')) this.armDeadTimer(this.ws);
+  }
 
   /**
    * Send a heartbeat every `heartbeatInterval`. The dead timer is armed by a heartbeat and
