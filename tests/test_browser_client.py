@@ -630,3 +630,17 @@ def test_volatile_emits_are_dropped_when_not_connected(new_page: Callable[[], Pa
         server.ws_url,
     )
     assert result == {"got": ["live", "buffered"], "warnings": [], "withAck": "TypeError"}
+
+
+# 10. Small rough edges of the demo page
+
+
+def test_close_room_and_empty_echo_give_feedback(new_page: Callable[[], Page], server: ServerProcess) -> None:
+    """Close room answers next to its button even for a room nobody is in; an empty Echo is not sent."""
+    page = open_demo(new_page, server)
+    submit(page, "close", close_room="nowhere")
+    expect(page.locator("#close .reply")).to_contain_text("Closed room nowhere")
+    submit(page, "emit", emit_data="")
+    assert page.evaluate("document.querySelector('#emit_data').validationMessage") != ""
+    submit(page, "emit", emit_data="after")
+    expect(messages(page)).to_have_text(["Connected", "after"])  # no blank line in between
