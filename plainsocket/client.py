@@ -748,6 +748,9 @@ class Client:
                 async with asyncio.timeout(self._connect_timeout):
                     if sends_auth:
                         await ws.send(encode(CONNECT, self.auth, DEFAULT_NAMESPACE))
+                    elif resuming:
+                        # The token in the first frame, not in the URL (docs/protocol.md, "Resuming").
+                        await ws.send(encode(HEARTBEAT, {"recover": self._token}, DEFAULT_NAMESPACE))
                     data, offset = await self._handshake(ws, auth_sent=sends_auth)
             except TimeoutError:
                 raise ClientTimeoutError(f"no greeting from {self.url} within {self._connect_timeout} s") from None
@@ -773,10 +776,10 @@ class Client:
         self._token = token if isinstance(token, str) and token else None
 
     def _recovery_url(self) -> str:
-        """Return the URL with ``recover=<token>`` and ``offset=<last offset>`` added to its query."""
+        """Return the URL with ``recover=1`` (the token follows in a frame) and ``offset`` in its query."""
         scheme, netloc, path, query, fragment = urlsplit(self.url)
         params = [p for p in query.split("&") if p and p.split("=", 1)[0] not in ("recover", "offset")]
-        params.append(f"recover={quote(self._token or '', safe='')}")
+        params.append("recover=1")
         if self._offset is not None:
             params.append(f"offset={quote(self._offset, safe='')}")
         return urlunsplit((scheme, netloc, path, "&".join(params), fragment))

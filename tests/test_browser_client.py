@@ -644,3 +644,31 @@ def test_close_room_and_empty_echo_give_feedback(new_page: Callable[[], Page], s
     assert page.evaluate("document.querySelector('#emit_data').validationMessage") != ""
     submit(page, "emit", emit_data="after")
     expect(messages(page)).to_have_text(["Connected", "after"])  # no blank line in between
+
+
+# 11. The recovery token stays out of URLs and the console
+
+
+def test_recovery_token_is_not_in_urls_or_the_console(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """Failed resume attempts print their URL in the console: it holds no token; the resume still works."""
+    server = start_server("--recovery-window", "120")
+    page = open_demo(new_page, server)
+    console: list[str] = []
+    urls: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    sid = page.locator("#sid").text_content()
+    token = page.evaluate("demo.socket.manager.token")
+    assert token
+    page.evaluate("() => { window.errors = 0; demo.socket.on('connect_error', () => errors++); }")
+    server.kill()
+    page.wait_for_function("errors >= 2", timeout=RECONNECT_TIMEOUT)
+    server.start()
+    expect(page.locator("#status")).to_have_text(re.compile(r"^connected"), timeout=RECONNECT_TIMEOUT)
+    failures = [text for text in console if "WebSocket connection to" in text]
+    assert failures, console  # the browser did print the failed attempts
+    assert urls and all("recover=1" in url for url in urls), urls
+    assert not [text for text in console + urls if token in text]
+    assert page.locator("#sid").text_content() != sid  # a restart: a fresh session, as before

@@ -466,7 +466,7 @@ async def test_forged_and_reused_tokens_get_fresh_sessions(opened: Any) -> None:
 
 
 async def test_reconnection_urls_carry_token_and_offset() -> None:
-    """The client adds recover= and offset= (URL-encoded) to its own query, and keeps the rest.
+    """The client adds recover=1 and offset= (URL-encoded) to its own query, keeps the rest, and sends the token first.
 
     A scripted server: each connection greets as listed, sends the listed frames, answers
     heartbeats and drops the link (no close frame) when asked. The offset counts even from a
@@ -488,6 +488,7 @@ async def test_reconnection_urls_carry_token_and_offset() -> None:
         ({"sid": "s4", "protocol": 1}, []),
     ]
     paths: list[str] = []
+    tokens: list[Any] = []  # the data of the first heartbeat of each resuming connection
 
     async def scripted(ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -498,6 +499,8 @@ async def test_reconnection_urls_carry_token_and_offset() -> None:
             await ws.send(json.dumps(frames[name]))
         async for message in ws:
             frame = json.loads(message)
+            if frame["event"] == "heartbeat" and frame.get("data") is not None:
+                tokens.append(frame["data"])  # a server with recovery off answers it too
             if frame["event"] == "heartbeat":
                 await ws.send(json.dumps({"event": "heartbeat", "namespace": "/", "data": None}))
             elif frame["event"] == "drop":
@@ -516,11 +519,13 @@ async def test_reconnection_urls_carry_token_and_offset() -> None:
                 await until(reconnected(events, round))
             assert paths == [
                 "/chat?room=lobby&x=%2F",
-                "/chat?room=lobby&x=%2F&recover=t%2F%2B%20%3D1&offset=a-1",
-                "/chat?room=lobby&x=%2F&recover=t2&offset=a-2",
-                "/chat?room=lobby&x=%2F&recover=t3",  # a fresh session: no offset of its own yet
+                "/chat?room=lobby&x=%2F&recover=1&offset=a-1",
+                "/chat?room=lobby&x=%2F&recover=1&offset=a-2",
+                "/chat?room=lobby&x=%2F&recover=1",  # a fresh session: no offset of its own yet
                 "/chat?room=lobby&x=%2F",  # no token: the server has recovery off
             ]
+            # The token is never in a URL: it is the first frame, a heartbeat.
+            assert tokens == [{"recover": "t/+ =1"}, {"recover": "t2"}, {"recover": "t3"}]
             assert [e[1] for e in events if e[0] == "connect"] == [False, True, False, False, False]
             assert client.sid == "s4"
 

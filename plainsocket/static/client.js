@@ -843,7 +843,7 @@ class Manager {
     const root = this.namespaces.get('/');
     const sendsAuth = !resuming && root !== undefined && root.auth !== null && root.auth !== undefined;
     const url = resuming
-      ? recoveryUrl(this.url, this.token, this.offset)
+      ? recoveryUrl(this.url, this.offset)
       : sendsAuth
         ? withQuery(this.url, 'connect=client')
         : this.url;
@@ -857,6 +857,13 @@ class Manager {
         if (ws !== this.ws) return;
         root.authSent = true; // a refusal now is final: no second try with the same auth
         ws.send(JSON.stringify({ event: 'connect', namespace: '/', data: root.authValue() }));
+      };
+    } else if (resuming) {
+      // The token goes in the first frame, not in the URL: browsers print the URL of a failed
+      // attempt in the console, and proxies log it (docs/protocol.md, "Resuming").
+      const token = this.token;
+      ws.onopen = () => {
+        if (ws === this.ws) ws.send(JSON.stringify({ event: 'heartbeat', namespace: '/', data: { recover: token } }));
       };
     }
     ws.onmessage = (event) => this.onMessage(ws, event.data);
@@ -1309,24 +1316,26 @@ function attemptError(code, reason, options) {
   return error;
 }
 
-/**
- * The URL that asks to resume a session (docs/protocol.md, "Resuming"): the application's URL
- * with `recover` and `offset` (when there is one) added to its query, which is kept as is.
- */
+/** The URL with `param` added to its query. */
 function withQuery(url, param) {
   const hash = url.indexOf('#');
   const base = hash === -1 ? url : url.slice(0, hash);
   return `${base}${base.includes('?') ? '&' : '?'}${param}${hash === -1 ? '' : url.slice(hash)}`;
 }
 
-function recoveryUrl(url, token, offset) {
+/**
+ * The URL that asks to resume a session (docs/protocol.md, "Resuming"): the application's URL
+ * with `recover=1` (the token follows in the first frame) and `offset` (when there is one)
+ * added to its query, which is kept as is.
+ */
+function recoveryUrl(url, offset) {
   const hash = url.indexOf('#');
   const base = hash === -1 ? url : url.slice(0, hash);
   const question = base.indexOf('?');
   const path = question === -1 ? base : base.slice(0, question);
   const query = question === -1 ? [] : base.slice(question + 1).split('&');
   const kept = query.filter((part) => part !== '' && !/^(recover|offset)(=|$)/.test(part));
-  kept.push(`recover=${encodeURIComponent(token)}`);
+  kept.push('recover=1');
   if (offset !== null) kept.push(`offset=${encodeURIComponent(offset)}`);
   return `${path}?${kept.join('&')}`;
 }
