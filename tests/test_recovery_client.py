@@ -465,6 +465,29 @@ async def test_forged_and_reused_tokens_get_fresh_sessions(opened: Any) -> None:
         assert again.hello["data"]["recovered"] is True and again.sid == sid
 
 
+async def test_token_in_the_first_frame_resumes_and_anything_else_is_fresh(opened: Any) -> None:
+    """?recover=1: a first heartbeat carrying the token resumes the session; a wrong one or none is fresh."""
+    from websockets.asyncio.client import connect
+
+    socketio, _ = make_app()
+    async with running(socketio) as url:
+        wire = await opened(url)
+        sid, token = wire.sid, wire.hello["data"]["recovery"]["token"]
+        await wire.join("/x")
+        wire.abort()
+        await until(lambda: socketio.kept_registry.is_connected("/x", sid))
+        for first in ({"recover": "not-the-token"}, None):
+            async with connect(f"{url}/?recover=1") as ws:
+                await ws.send(json.dumps({"event": "heartbeat", "namespace": "/", "data": first}))
+                hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert hello["data"]["recovered"] is False and hello["data"]["sid"] != sid
+        async with connect(f"{url}/?recover=1") as ws:  # no offset: none was received
+            await ws.send(json.dumps({"event": "heartbeat", "namespace": "/", "data": {"recover": token}}))
+            hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert hello["data"]["recovered"] is True and hello["data"]["sid"] == sid
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["namespace"] == "/x"  # its namespace, back
+
+
 async def test_reconnection_urls_carry_token_and_offset() -> None:
     """The client adds recover=1 and offset= (URL-encoded) to its own query, keeps the rest, and sends the token first.
 
