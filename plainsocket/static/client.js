@@ -44,7 +44,8 @@
  *     be connected, with a `code` and a `message` an application can show:
  *       connect_failed         the WebSocket closed before the server's greeting: the server
  *                              is down or unreachable, or refused this page's Origin (browsers
- *                              see a 403 as a plain failed connection, code 1006); retried
+ *                              see a 403 as a plain failed connection, code 1006); retried.
+ *                              From a page of another origin the message names that origin
  *       connect_timeout        no greeting within `heartbeatTimeout`; retried
  *       server_full            close code 4002 (too many connections); retried after
  *                              `reconnectDelayLong`
@@ -1090,7 +1091,7 @@ class Manager {
     for (const ns of this.namespaces.values()) ns.markDisconnected(reason, details, resumable);
     if (this.closed) return; // a `disconnect` listener called close()
     if (failedAttempt) {
-      const error = attemptError(details.code, reason, this.options);
+      const error = attemptError(details.code, reason, this.options, foreignOrigin(this.url));
       for (const ns of this.namespaces.values()) {
         if (ns.wanted && !ns.connected) ns.emitLocal('connect_error', error);
       }
@@ -1279,6 +1280,16 @@ class Manager {
   }
 }
 
+/** This page's origin when it differs from the server's (the server may refuse it), else null. */
+function foreignOrigin(url) {
+  if (typeof location === 'undefined' || !/^https?:$/.test(location.protocol)) return null;
+  try {
+    return new URL(url).host === location.host ? null : location.origin; // as the server compares
+  } catch {
+    return null;
+  }
+}
+
 /** The size of `text` in UTF-8, in bytes (what the server's size limit counts). */
 function utf8Length(text) {
   let bytes = 0;
@@ -1295,7 +1306,7 @@ function utf8Length(text) {
 }
 
 /** The `connect_error` of an attempt whose WebSocket closed before the server's greeting. */
-function attemptError(code, reason, options) {
+function attemptError(code, reason, options, foreign = null) {
   let error;
   if (reason === 'offline') {
     error = new SocketError('connect_failed', 'could not connect: the browser is offline');
@@ -1307,6 +1318,9 @@ function attemptError(code, reason, options) {
     error = new SocketError('unsupported_protocol', 'the server does not speak this protocol version (close code 4010)');
   } else if (code === 1008) {
     error = new SocketError('rate_limited', 'rate limited by the server (close code 1008); retrying later');
+  } else if ((code === 1005 || code === 1006 || code === null || code === undefined) && foreign) {
+    // A 403 for a foreign Origin looks like this too; the server's allowed_origins decides.
+    error = new SocketError('connect_failed', `could not connect (server down, or this page's origin ${foreign} is not in the server's allowed origins)`);
   } else if (code === 1005 || code === 1006 || code === null || code === undefined) {
     error = new SocketError('connect_failed', 'could not connect (server down, or this origin is refused)');
   } else {
