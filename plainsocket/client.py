@@ -519,6 +519,10 @@ class Client:
         reconnect_delay, reconnect_delay_max: the backoff's first and longest delay in seconds
             (defaults 0.5 and 10).
         reconnect_attempts: attempts before giving up (default None: forever).
+        retries: times a call with no answer within its timeout checks the link and waits
+            again (default 0; socket.io-client's ``retries``). The check is a ping answered
+            within ``ping_timeout``: a link that died silently is dropped, the session resumed,
+            and the call sent again with its id, which the server handles once.
         max_queue: received events kept per namespace (default 1000; 0 keeps none).
         max_buffer: events kept while disconnected (default 1000).
         max_pending: received events waiting for their handler before reading pauses
@@ -542,6 +546,7 @@ class Client:
         reconnect_delay_max: float = 10.0,
         # Limits
         reconnect_attempts: int | None = None,
+        retries: int = 0,
         max_queue: int = 1000,
         max_buffer: int = 1000,
         max_pending: int = 1000,
@@ -562,6 +567,8 @@ class Client:
         self._reconnect_delay_max = reconnect_delay_max
         self._last_at_once = float("-inf")  # when a 4000 last got an immediate reconnection
         self._reconnect_attempts = reconnect_attempts
+        self._retries = retries
+        self._probe: asyncio.Task[None] | None = None
         self._max_queue = max_queue
         self._max_buffer = max_buffer
         self._max_pending = max_pending
@@ -1148,14 +1155,43 @@ class Client:
         self._pending[id] = _Call(namespace, future, text)
         try:
             await self._send(text, id)
-            async with asyncio.timeout(timeout):
-                return await future
+            retries = self._retries
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        return await asyncio.shield(future)  # shielded: a retry waits for it again
+                except TimeoutError:
+                    if retries <= 0 or future.done():
+                        raise
+                    retries -= 1
+                    self._check_link()
         except TimeoutError:
             raise ClientTimeoutError(f"no ack for {event!r} on {namespace} within {timeout} s") from None
         finally:
             self._pending.pop(id, None)
             with contextlib.suppress(ValueError):
                 self._buffer.remove((text, id))  # a call that gave up is not sent later
+
+    def _check_link(self) -> None:
+        """Ping the link now; drop it if the pong does not come within ``ping_timeout``.
+
+        Over a live link a call without an answer is only slow (TCP delivered it); over a dead
+        one, dropping the link lets the resume send the call again.
+        """
+        ws = self._ws
+        if ws is None or not self._ready or (self._probe is not None and not self._probe.done()):
+            return
+        self._probe = asyncio.create_task(self._ping_or_drop(ws))
+
+    async def _ping_or_drop(self, ws: ClientConnection) -> None:
+        try:
+            async with asyncio.timeout(self._ping_timeout or self._connect_timeout):
+                await (await ws.ping())
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            logger.warning("no answer to a ping while a call waits: dropping the connection")
+            ws.transport.abort()  # dropped, not closed: the server keeps the session
 
     def _fail_calls(self, namespace: str, error: ClientError) -> None:
         for id, call in list(self._pending.items()):

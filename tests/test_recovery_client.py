@@ -253,6 +253,24 @@ async def test_call_in_flight_is_answered_after_recovery(lost: str) -> None:
             assert [await x.wait("ordered") for _ in range(3)] == ["pizza", "salad", "soup"]
 
 
+@pytest.mark.parametrize("lost", ["call", "ack"])
+async def test_retries_find_a_silently_dead_link_and_the_call_arrives_once(lost: str) -> None:
+    """retries: a call unanswered over a dead link makes the client drop it; after the resume it is handled once."""
+    socketio, seen = make_app()
+    async with running(socketio), relayed(socketio.port) as relay:
+        client = Client(relay.url, retries=20, ping_interval=None, ping_timeout=0.2, **FAST)
+        events = lifecycle(client)
+        async with client:
+            x = await client.connect("/x")
+            relay.drop["up" if lost == "call" else "down"] = True
+            call = asyncio.create_task(x.call("order", "pizza", timeout=0.3))
+            await until(lambda: not client.connected)  # the link check found it dead
+            relay.drop = {"up": False, "down": False}
+            assert await asyncio.wait_for(call, 10) == "ordered pizza"
+            await until(reconnected(events))
+            assert client.recovered and seen["orders"] == ["pizza"]
+
+
 async def test_call_timeout_still_runs_while_waiting_for_recovery() -> None:
     """A call kept across a drop still times out when the client stays away too long."""
     socketio, seen = make_app()
