@@ -64,12 +64,17 @@ Command line (prints every received frame as one line of compact JSON)::
     python client.py ws://127.0.0.1:5000 --namespace /test --emit 'my ping' --ack
     python client.py ws://127.0.0.1:5000 --namespace /test --listen   # waits for the server, reconnects
 
+A bad URL or namespace is one line on stderr and exit status 2; a connection problem, a
+refusal or an ``error`` frame from the server is one line and exit status 1. ``http://`` and
+``https://`` URLs are taken as ``ws://`` and ``wss://``, and ``--namespace test`` as ``/test``.
+
 Exceptions::
 
     ClientError
     ├── ConnectRefusedError    the server refused a namespace (connect_error)
     ├── ProtocolVersionError   the server does not speak protocol version 1
-    ├── RemoteError            the server answered a call with an error event
+    ├── RemoteError            the server answered a call with an error event (or closed
+    │                          with 1009 for it: code message_too_big)
     ├── ClientTimeoutError     a call, wait or connect timed out (also a TimeoutError)
     ├── BufferFullError        too many events emitted while disconnected
     └── DisconnectedError      not connected: the namespace was left or the connection is gone
