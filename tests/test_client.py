@@ -766,7 +766,7 @@ async def test_a_message_over_the_size_limit_fails_alone_and_calls_in_flight_sur
         reconnected = asyncio.Event()
         client.on("reconnect", lambda attempt, recovered: reconnected.set())
         slow_call = asyncio.create_task(client.root.call("slow", 0.5))
-        await asyncio.sleep(0)  # the slow call goes first
+        await until(lambda: runs == [0.5])  # in flight: the server is handling it
         with pytest.raises(RemoteError) as refused:
             await client.root.call("echo", "x" * 2000)
         assert refused.value.code == "message_too_big"
