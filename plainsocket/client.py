@@ -62,14 +62,19 @@ Command line (prints every received frame as one line of compact JSON)::
 
     python client.py ws://127.0.0.1:5000 --namespace /test --emit 'my event' '{"data": "hi"}'
     python client.py ws://127.0.0.1:5000 --namespace /test --emit 'my ping' --ack
-    python client.py ws://127.0.0.1:5000 --namespace /test --listen
+    python client.py ws://127.0.0.1:5000 --namespace /test --listen   # waits for the server, reconnects
+
+A bad URL or namespace is one line on stderr and exit status 2; a connection problem, a
+refusal or an ``error`` frame from the server is one line and exit status 1. ``http://`` and
+``https://`` URLs are taken as ``ws://`` and ``wss://``, and ``--namespace test`` as ``/test``.
 
 Exceptions::
 
     ClientError
     ├── ConnectRefusedError    the server refused a namespace (connect_error)
     ├── ProtocolVersionError   the server does not speak protocol version 1
-    ├── RemoteError            the server answered a call with an error event
+    ├── RemoteError            the server answered a call with an error event (or closed
+    │                          with 1009 for it: code message_too_big)
     ├── ClientTimeoutError     a call, wait or connect timed out (also a TimeoutError)
     ├── BufferFullError        too many events emitted while disconnected
     └── DisconnectedError      not connected: the namespace was left or the connection is gone
@@ -91,6 +96,7 @@ import json
 import logging
 import random
 import signal
+import ssl
 import sys
 import time
 from collections import deque
@@ -133,6 +139,7 @@ __all__ = [
     "reconnect_delay",
     "serve_for_test",
     "test_client",
+    "websocket_url",
 ]
 
 logger = logging.getLogger("plainsocket.client")
@@ -150,8 +157,10 @@ ABNORMAL_CLOSURE = 1006  # RFC 6455 7.1.5: the connection closed without a close
 HTTP_FORBIDDEN = 403  # an Origin the server does not allow: give up
 # Drops after which a server with recovery on keeps the session (network loss, ping timeout,
 # slow consumer): calls in flight wait for the recovery instead of failing at once.
+# After 1009 too: only the frame that was too big is lost (see Client._refused_too_big).
+MESSAGE_TOO_BIG = 1009
 RECOVERABLE_CODES = frozenset(
-    {ABNORMAL_CLOSURE, CloseCode.INTERNAL_ERROR, CloseCode.SLOW_CONSUMER, CloseCode.SERVICE_RESTART}
+    {ABNORMAL_CLOSURE, CloseCode.INTERNAL_ERROR, CloseCode.SLOW_CONSUMER, CloseCode.SERVICE_RESTART, MESSAGE_TOO_BIG}
 )
 
 
@@ -180,7 +189,10 @@ class ProtocolVersionError(ClientError):
 
 
 class RemoteError(ClientError):
-    """The server answered a call with an ``error`` event.
+    """The server answered a call with an ``error`` event, or refused it as too big.
+
+    ``message_too_big``: the server closed the link with 1009 for this frame (the session is
+    resumed), or the frame is as large as one it refused so and was not sent.
 
     Attributes:
         code: the machine code, e.g. ``unknown_event`` (docs/protocol.md, "Errors").
@@ -237,6 +249,22 @@ def reconnect_delay(
     else:
         base = min(delay_max, delay * 2 ** min(attempt, 32))
     return base * (0.5 + rng() / 2)
+
+
+_SCHEMES = {"ws": "ws", "wss": "wss", "http": "ws", "https": "wss"}
+
+
+def websocket_url(url: str) -> str:
+    """Return ``url`` as a ``ws://`` or ``wss://`` URL; ``http(s)://`` maps to ``ws(s)://``.
+
+    Raises:
+        ValueError: no such scheme or no host, in one line that says what is expected.
+    """
+    scheme, netloc, path, query, fragment = urlsplit(url)
+    mapped = _SCHEMES.get(scheme.lower())
+    if mapped is None or not urlsplit(url).hostname:
+        raise ValueError(f"{url!r} is not a server URL: use ws://host:port (or wss://, http://, https://)")
+    return urlunsplit((mapped, netloc, path, query, fragment))
 
 
 def _outgoing(event: str, data: Any, namespace: str, id: int | None = None) -> str:
@@ -483,7 +511,8 @@ class Client:
     """A plainsocket connection: ``async with Client(url) as client: ...``.
 
     Args:
-        url: the server's ``ws://`` or ``wss://`` URL.
+        url: the server's ``ws://`` or ``wss://`` URL; ``http://`` and ``https://`` are taken
+            as ``ws://`` and ``wss://`` (as client.js does). Anything else is a ``ValueError``.
         auth: sent as the ``connect`` data when ``/`` refuses the client, and on reconnection.
         reconnect: reconnect after a drop (docs/protocol.md, "Close codes"), resuming the
             session when the server keeps it ("Extension: connection state recovery").
@@ -498,6 +527,10 @@ class Client:
         reconnect_delay, reconnect_delay_max: the backoff's first and longest delay in seconds
             (defaults 0.5 and 10).
         reconnect_attempts: attempts before giving up (default None: forever).
+        retries: times a call with no answer within its timeout checks the link and waits
+            again (default 0; socket.io-client's ``retries``). The check is a ping answered
+            within ``ping_timeout``: a link that died silently is dropped, the session resumed,
+            and the call sent again with its id, which the server handles once.
         max_queue: received events kept per namespace (default 1000; 0 keeps none).
         max_buffer: events kept while disconnected (default 1000).
         max_pending: received events waiting for their handler before reading pauses
@@ -521,6 +554,7 @@ class Client:
         reconnect_delay_max: float = 10.0,
         # Limits
         reconnect_attempts: int | None = None,
+        retries: int = 0,
         max_queue: int = 1000,
         max_buffer: int = 1000,
         max_pending: int = 1000,
@@ -528,7 +562,7 @@ class Client:
         # HTTP
         origin: str | None = None,
     ) -> None:
-        self.url = url
+        self.url = websocket_url(url)
         self.auth = auth
         self.reconnect = reconnect
         self.sid: str | None = None
@@ -541,6 +575,8 @@ class Client:
         self._reconnect_delay_max = reconnect_delay_max
         self._last_at_once = float("-inf")  # when a 4000 last got an immediate reconnection
         self._reconnect_attempts = reconnect_attempts
+        self._retries = retries
+        self._probe: asyncio.Task[None] | None = None
         self._max_queue = max_queue
         self._max_buffer = max_buffer
         self._max_pending = max_pending
@@ -559,6 +595,10 @@ class Client:
         self._offset: str | None = None
         self._unanswered: list[int] = []
         self._drop_error: DisconnectedError | None = None
+        self._end_reason = ""  # why the connection is gone for good
+        # The largest frame sent on the current link, and the smallest the server refused (1009).
+        self._largest: tuple[int, str] = (0, "")
+        self._refused_bytes: int | None = None
         self._replay_done: asyncio.Future[bool] | None = None
         self._ws: ClientConnection | None = None
         self._ready = False
@@ -652,7 +692,10 @@ class Client:
             ConnectRefusedError: the server answered ``connect_error``.
             ClientTimeoutError: no answer in time.
             DisconnectedError: the connection is down.
+            RemoteError: the server answered the ``connect`` with an ``error`` event.
+            ProtocolError: ``namespace`` is not a valid name (it must start with ``/``).
         """
+        Envelope(CONNECT, namespace)  # validates the name before anything is sent
         ns = self.namespace(namespace)
         ws = self._ws
         if ws is None or self._closing:
@@ -720,6 +763,9 @@ class Client:
                 async with asyncio.timeout(self._connect_timeout):
                     if sends_auth:
                         await ws.send(encode(CONNECT, self.auth, DEFAULT_NAMESPACE))
+                    elif resuming:
+                        # The token in the first frame, not in the URL (docs/protocol.md, "Resuming").
+                        await ws.send(encode(HEARTBEAT, {"recover": self._token}, DEFAULT_NAMESPACE))
                     data, offset = await self._handshake(ws, auth_sent=sends_auth)
             except TimeoutError:
                 raise ClientTimeoutError(f"no greeting from {self.url} within {self._connect_timeout} s") from None
@@ -745,10 +791,10 @@ class Client:
         self._token = token if isinstance(token, str) and token else None
 
     def _recovery_url(self) -> str:
-        """Return the URL with ``recover=<token>`` and ``offset=<last offset>`` added to its query."""
+        """Return the URL with ``recover=1`` (the token follows in a frame) and ``offset`` in its query."""
         scheme, netloc, path, query, fragment = urlsplit(self.url)
         params = [p for p in query.split("&") if p and p.split("=", 1)[0] not in ("recover", "offset")]
-        params.append(f"recover={quote(self._token or '', safe='')}")
+        params.append("recover=1")
         if self._offset is not None:
             params.append(f"offset={quote(self._offset, safe='')}")
         return urlunsplit((scheme, netloc, path, "&".join(params), fragment))
@@ -821,6 +867,7 @@ class Client:
 
     def _start_reading(self, ws: ClientConnection) -> None:
         self._ws = ws
+        self._largest = (0, "")
         self._reader = asyncio.create_task(self._read(ws))
 
     async def _read(self, ws: ClientConnection) -> tuple[int, str]:
@@ -843,6 +890,8 @@ class Client:
         await ws.wait_closed()
         code = ws.close_code if ws.close_code is not None else ABNORMAL_CLOSURE
         reason = ws.close_reason or ""
+        if code == MESSAGE_TOO_BIG:
+            await self._refused_too_big()
         await self._connection_lost(code, reason)
         return code, reason
 
@@ -965,7 +1014,7 @@ class Client:
                 if call is None or call.future.done():
                     continue  # answered by a replayed frame, or given up
                 try:
-                    await ws.send(call.text)  # the server drops it if it was handled already
+                    await self._write(ws, call.text)  # the server drops it if it was handled already
                 except ConnectionClosed:
                     return False
         else:
@@ -979,7 +1028,7 @@ class Client:
         while self._buffer:
             item = self._buffer.popleft()
             try:
-                await ws.send(item[0])
+                await self._write(ws, item[0])
             except ConnectionClosed:
                 self._buffer.appendleft(item)  # not sent: keep it for the next connection
                 return False
@@ -1028,6 +1077,7 @@ class Client:
     def _finish(self, reason: str, code: int | None) -> None:
         """The connection is gone for good: fail everything still waiting."""
         self._ready = False
+        self._end_reason = reason
         error = DisconnectedError(reason, code)
         for call in self._pending.values():
             if not call.future.done():
@@ -1042,13 +1092,50 @@ class Client:
 
     # Sending
 
+    async def _write(self, ws: ClientConnection, text: str) -> None:
+        """Send ``text`` on ``ws``, keeping the largest frame sent (what a 1009 is about)."""
+        await ws.send(text)
+        if len(text) * 3 > self._largest[0]:  # at most 3 bytes per character: rarely measured
+            size = len(text.encode())
+            if size > self._largest[0]:
+                self._largest = (size, text)
+
+    def _check_size(self, text: str) -> None:
+        if self._refused_bytes is not None and len(text.encode()) >= self._refused_bytes:
+            raise RemoteError(
+                "message_too_big", f"the server refused a message of {self._refused_bytes} bytes as too big"
+            )
+
+    async def _refused_too_big(self) -> None:
+        """Close code 1009: the largest frame sent on the link was over the server's limit.
+
+        Every frame the server read before it was within the limit, so it is that one (or one
+        as large). Its call fails with ``message_too_big`` (a plain emit gets an ``error``
+        event on its namespace), it is not sent again, and frames as large are refused.
+        """
+        size, text = self._largest
+        if not text:
+            return
+        self._refused_bytes = min(self._refused_bytes or size, size)
+        envelope, _ = _parse(text)
+        event = envelope.event if isinstance(envelope, Envelope) else "a message"
+        message = f"{event!r} ({size} bytes) is over the server's size limit (close code 1009): not delivered"
+        id = envelope.id if isinstance(envelope, Envelope) else None
+        call = self._pending.pop(id, None) if id is not None else None
+        if call is not None and not call.future.done():
+            call.future.set_exception(RemoteError("message_too_big", message))
+        elif isinstance(envelope, Envelope):
+            data = {"code": "message_too_big", "message": message, "event": event, "bytes": size}
+            await self._deliver(Envelope(ERROR, envelope.namespace, data))
+
     async def _send(self, text: str, ack_id: int | None = None) -> None:
         """Send a frame now, or buffer it while reconnecting."""
         if self._closed is None or self._closed.is_set() or self._closing:
             raise DisconnectedError("the connection is closed")
+        self._check_size(text)
         if self._ready and self._ws is not None:
             try:
-                await self._ws.send(text)
+                await self._write(self._ws, text)
                 return
             except ConnectionClosed:
                 pass  # the reader will notice; keep the frame for the next connection
@@ -1063,8 +1150,9 @@ class Client:
         ws = self._ws
         if not self._ready or ws is None or self._closing:
             raise DisconnectedError("not connected")
+        self._check_size(text)
         try:
-            await ws.send(text)
+            await self._write(ws, text)
         except ConnectionClosed:
             raise DisconnectedError("the connection is closed") from None
 
@@ -1075,14 +1163,43 @@ class Client:
         self._pending[id] = _Call(namespace, future, text)
         try:
             await self._send(text, id)
-            async with asyncio.timeout(timeout):
-                return await future
+            retries = self._retries
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        return await asyncio.shield(future)  # shielded: a retry waits for it again
+                except TimeoutError:
+                    if retries <= 0 or future.done():
+                        raise
+                    retries -= 1
+                    self._check_link()
         except TimeoutError:
             raise ClientTimeoutError(f"no ack for {event!r} on {namespace} within {timeout} s") from None
         finally:
             self._pending.pop(id, None)
             with contextlib.suppress(ValueError):
                 self._buffer.remove((text, id))  # a call that gave up is not sent later
+
+    def _check_link(self) -> None:
+        """Ping the link now; drop it if the pong does not come within ``ping_timeout``.
+
+        Over a live link a call without an answer is only slow (TCP delivered it); over a dead
+        one, dropping the link lets the resume send the call again.
+        """
+        ws = self._ws
+        if ws is None or not self._ready or (self._probe is not None and not self._probe.done()):
+            return
+        self._probe = asyncio.create_task(self._ping_or_drop(ws))
+
+    async def _ping_or_drop(self, ws: ClientConnection) -> None:
+        try:
+            async with asyncio.timeout(self._ping_timeout or self._connect_timeout):
+                await (await ws.ping())
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            logger.warning("no answer to a ping while a call waits: dropping the connection")
+            ws.transport.abort()  # dropped, not closed: the server keeps the session
 
     def _fail_calls(self, namespace: str, error: ClientError) -> None:
         for id, call in list(self._pending.items()):
@@ -1123,6 +1240,9 @@ class Client:
         event = envelope.event
         if event == ACK or (event == ERROR and envelope.id in self._pending):
             self._settle_call(envelope)
+        elif event == ERROR and envelope.id is None and envelope.namespace in self._connecting:
+            # A connect frame has no id: an error on its namespace while it waits answers it.
+            self._refuse_connect(envelope)
         elif event in (CONNECT, CONNECT_ERROR):
             await self._settle_connect(ws, envelope)
         elif event == HEARTBEAT:
@@ -1141,6 +1261,13 @@ class Client:
             call.future.set_exception(RemoteError(str(data.get("code", "")), str(data.get("message", ""))))
         else:
             call.future.set_result(envelope.data)
+
+    def _refuse_connect(self, envelope: Envelope) -> None:
+        """Fail the ``connect()`` that an ``error`` event answers, at once."""
+        future = self._connecting.pop(envelope.namespace)
+        data = envelope.data if isinstance(envelope.data, dict) else {}
+        if not future.done():
+            future.set_exception(RemoteError(str(data.get("code", "")), str(data.get("message", ""))))
 
     async def _settle_connect(self, ws: ClientConnection, envelope: Envelope) -> None:
         ns = self.namespace(envelope.namespace)
@@ -1286,12 +1413,22 @@ test_client.__test__ = False  # type: ignore[attr-defined]  # not a test: pytest
 # Command line
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description="Connect to a plainsocket server, emit events and print every received frame as one line of JSON."
+    parser = _Parser(
+        prog="plainsocket client",
+        description="Connect to a plainsocket server, emit events and print every received frame as one line of JSON.",
     )
-    parser.add_argument("url", help="server URL, e.g. ws://127.0.0.1:5000")
-    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace to join (default /)")
+    parser.add_argument("url", help="server URL, e.g. ws://127.0.0.1:5000 (http:// and https:// also work)")
+    parser.add_argument(
+        "--namespace", default=DEFAULT_NAMESPACE, help="namespace to join (default /; 'test' means '/test')"
+    )
     parser.add_argument("--auth", help="JSON auth payload for connect")
     parser.add_argument(
         "--emit",
@@ -1302,7 +1439,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="emit EVENT with optional JSON DATA; repeat for several, sent in order",
     )
     parser.add_argument("--ack", action="store_true", help="ask for an ack for each emit, wait for it")
-    parser.add_argument("--listen", action="store_true", help="keep printing frames until interrupted")
+    parser.add_argument(
+        "--listen",
+        action="store_true",
+        help="keep printing frames until interrupted; wait for the server and reconnect after outages",
+    )
     parser.add_argument(
         "--wait",
         type=float,
@@ -1313,6 +1454,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each ack (default 5)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
     args = parser.parse_args(argv)
+    try:
+        args.url = websocket_url(args.url)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not args.namespace.startswith("/"):
+        args.namespace = "/" + args.namespace  # as socket.io's io("host/test") reads a path
+    try:
+        Envelope(CONNECT, args.namespace)
+    except ProtocolError as exc:
+        parser.error(f"--namespace {args.namespace!r}: {exc.message}")
     if args.auth is not None:
         try:
             args.auth = json.loads(args.auth)
@@ -1338,6 +1489,120 @@ def _compact(text: str) -> str:
         return json.dumps(text)  # not JSON: print it as a JSON string, still one line
 
 
+def _server_error(text: str) -> str | None:
+    """Return ``code: message`` when ``text`` is an ``error`` event, else None."""
+    envelope, _ = _parse(text)
+    if not isinstance(envelope, Envelope) or envelope.event != ERROR:
+        return None
+    data = envelope.data if isinstance(envelope.data, dict) else {}
+    return f"{data.get('code', '')}: {data.get('message', '')} (on {envelope.namespace})"
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    """Say in one line why the connection to ``url`` failed; never an empty message."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        why = " (this Origin is not allowed)" if status == HTTP_FORBIDDEN else ""
+        return f"the server refused the WebSocket handshake with HTTP {status}{why}"
+    if isinstance(exc, ConnectionClosed):
+        close = exc.rcvd
+        if close is None:
+            return "the connection dropped before the server's greeting"
+        return f"the server closed the connection with {close.code}{' ' + close.reason if close.reason else ''}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {urlsplit(url).netloc} (is the server running?)"
+    detail = str(exc) or type(exc).__name__
+    if url.startswith("wss:") and isinstance(exc, (ssl.SSLError, ConnectionResetError, EOFError)):
+        return f"TLS handshake with {urlsplit(url).netloc} failed ({detail}): is it a plain ws:// server?"
+    return detail
+
+
+RETRYABLE = (OSError, InvalidHandshake, TimeoutError, ConnectionClosed, EOFError)
+
+
+def _say(text: str) -> None:
+    print(f"plainsocket client: {text}", file=sys.stderr, flush=True)
+
+
+async def _open_waiting(make: Callable[[], Client], url: str) -> Client:
+    """Open a client, waiting for a server that is down (one line on stderr per change)."""
+    attempt = 0
+    said = None
+    while True:
+        client = make()
+        try:
+            await client.open()
+        except RETRYABLE as exc:
+            if isinstance(exc, InvalidStatus) and exc.response.status_code == HTTP_FORBIDDEN:
+                raise
+            why = _describe(exc, url)
+            if why != said:
+                _say(f"waiting for {url}: {why}")
+                said = why
+            await asyncio.sleep(reconnect_delay(ABNORMAL_CLOSURE, attempt, delay=0.5, delay_max=5.0) or 0.5)
+            attempt += 1
+            continue
+        if said is not None:
+            _say(f"connected to {url}")
+        return client
+
+
+async def _run_cli(args: argparse.Namespace) -> int:
+    arrived = asyncio.Event()
+    errors: list[str] = []
+
+    def print_frame(text: str) -> None:
+        arrived.set()
+        print(_compact(text), flush=True)
+        error = _server_error(text)
+        if error is not None:
+            errors.append(error)
+
+    def on_disconnect(reason: str) -> None:
+        if reason != "client":
+            _say(f"disconnected ({reason}): reconnecting")
+
+    def on_reconnect(attempt: int, recovered: bool) -> None:
+        how = "session resumed" if recovered else "new session, frames sent meanwhile are lost"
+        _say(f"reconnected after {attempt} attempt{'s' if attempt > 1 else ''} ({how})")
+
+    def make() -> Client:
+        client = Client(args.url, args.auth, reconnect=args.listen, max_queue=0)
+        client.on("frame", print_frame)
+        if args.listen:
+            client.on("disconnect", on_disconnect)
+            client.on("reconnect", on_reconnect)
+        return client
+
+    if args.listen:
+        client = await _open_waiting(make, args.url)
+    else:
+        client = make()
+        await client.open()
+    try:
+        ns = client.root
+        if args.namespace != DEFAULT_NAMESPACE:
+            ns = await client.connect(args.namespace, auth=args.auth)
+        for event, data in args.emit:
+            if args.ack:
+                await ns.call(event, data, timeout=args.timeout)
+            else:
+                await ns.emit(event, data)
+        if args.listen:
+            await client.wait_closed()
+            if not client._closing:
+                _say(f"error: {client._end_reason}; not reconnecting")
+                return 1
+        elif not args.ack:
+            await _settle(args.wait, arrived)
+    finally:
+        await client.close()
+    if errors and not args.listen:
+        _say(f"error: the server answered {errors[0]}")
+        return 1
+    return 0
+
+
 async def _settle(quiet: float, arrived: asyncio.Event) -> None:
     """Return once no frame has arrived for ``quiet`` seconds."""
     while True:
@@ -1349,38 +1614,13 @@ async def _settle(quiet: float, arrived: asyncio.Event) -> None:
             return
 
 
-async def _run_cli(args: argparse.Namespace) -> int:
-    arrived = asyncio.Event()
-
-    def print_frame(text: str) -> None:
-        arrived.set()
-        print(_compact(text), flush=True)
-
-    client = Client(args.url, args.auth, reconnect=args.listen, max_queue=0)
-    client.on("frame", print_frame)
-    async with client:
-        ns = client.root
-        if args.namespace != DEFAULT_NAMESPACE:
-            ns = await client.connect(args.namespace, auth=args.auth)
-        for event, data in args.emit:
-            if args.ack:
-                await ns.call(event, data, timeout=args.timeout)
-            else:
-                await ns.emit(event, data)
-        if args.listen:
-            await client.wait_closed()
-        elif not args.ack:
-            await _settle(args.wait, arrived)
-    return 0
-
-
 def _with_query(url: str, param: str) -> str:
     scheme, netloc, path, query, fragment = urlsplit(url)
     return urlunsplit((scheme, netloc, path, "&".join(filter(None, [query, param])), fragment))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line client; return the exit status."""
+    """Run the command line client; return the exit status (2: usage, 1: connection or server error)."""
     args = _parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -1393,8 +1633,11 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_run_cli(args))
     except KeyboardInterrupt:
         return 130
-    except (ClientError, OSError, InvalidHandshake, TimeoutError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ClientError as exc:
+        _say(f"error: {exc}")
+        return 1
+    except (*RETRYABLE, ValueError) as exc:
+        _say(f"error: {_describe(exc, args.url)}")
         return 1
 
 

@@ -29,8 +29,19 @@ import secrets
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from websockets.exceptions import ConnectionClosed
+
 from .connection import SERVICE_RESTART, TRANSPORT_CLOSE, GoneSocket
-from .protocol import CONNECT, DEFAULT_NAMESPACE, PROTOCOL_VERSION, ProtocolError, decode, encode, valid_offset
+from .protocol import (
+    CONNECT,
+    DEFAULT_NAMESPACE,
+    HEARTBEAT,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    decode,
+    encode,
+    valid_offset,
+)
 
 if TYPE_CHECKING:
     from websockets.asyncio.server import ServerConnection
@@ -43,6 +54,9 @@ logger = logging.getLogger("plainsocket")
 # Sessions kept after these reasons only: the client did not mean to leave.
 RECOVERABLE = frozenset({TRANSPORT_CLOSE, "ping timeout", "slow consumer", SERVICE_RESTART})
 CLAIM_TIMEOUT = 2.0  # seconds a node waits for the node holding a session to hand it over
+# ``?recover=1``: the token comes in the client's first frame, not in the URL (browsers print
+# the URL of a failed attempt in their console, proxies log it).
+TOKEN_IN_FIRST_FRAME = "1"
 
 
 def digest(token: str) -> str:
@@ -208,6 +222,8 @@ class Recovery:
         request = ws.request
         query = parse_qs(urlsplit(request.path if request else "").query)
         token = query.get("recover", [""])[0]
+        if token == TOKEN_IN_FIRST_FRAME:
+            token = await _first_frame_token(ws, self.open_timeout)
         if not token:
             return None
         offset = query.get("offset", [None])[0]
@@ -383,6 +399,26 @@ class Recovery:
             conn.record(frame)
         self._greet_recovered(conn, frames)
         return conn
+
+
+async def _first_frame_token(ws: ServerConnection, timeout: float | None) -> str:
+    """Read the token of ``?recover=1`` from the first frame: ``heartbeat`` with ``{"recover": token}``.
+
+    A heartbeat, so that a server that does not resume (recovery off, an older version) just
+    answers it. Anything else, or nothing in time, means no token: a fresh session.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            message = await ws.recv()
+    except (TimeoutError, ConnectionClosed):
+        return ""
+    try:
+        envelope = decode(message) if isinstance(message, str) else None
+    except ProtocolError:
+        envelope = None
+    data = envelope.data if envelope is not None and envelope.event == HEARTBEAT else None
+    token = data.get("recover") if isinstance(data, dict) else None
+    return token if isinstance(token, str) else ""
 
 
 def _resumable(conn: Connection) -> bool:

@@ -205,7 +205,8 @@ def test_refused_origin_is_a_connect_error(
         target.ws_url,
     )
     target.wait_for_log("refused origin")
-    assert result == {"outcome": "reconnect_failed", "errors": [DOWN, DOWN]}
+    refused = f"could not connect (server down, or this page's origin {other.url} is not in the server's allowed origins)"
+    assert result == {"outcome": "reconnect_failed", "errors": [refused, refused]}
 
 
 def test_first_connect_after_server_down_at_load(
@@ -515,3 +516,160 @@ def test_auth_for_root_arrives_with_the_first_connect(
     assert sid
     server.wait_for_log("admitted with {'token': 's3cret'}")
     assert not any("refused auth" in line for line in server.log), "no refusal before the auth"
+
+
+# 8. A message over the server's size limit (close 1009)
+
+
+def test_too_big_message_is_an_error_and_calls_in_flight_survive(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """1009: the oversized call fails with message_too_big, a call in flight is still answered after the resume."""
+    server = start_server("tests.apps.calls:socketio", "--max-message-size", "1024")
+    page = open_blank(new_page, server)
+    result = page.evaluate(
+        f"""async (url) => {{
+            const root = client.connect(url, {FAST});
+            await root.ready;
+            const disconnects = [];
+            root.on('disconnect', (reason, details) => disconnects.push(details.code));
+            const slow = root.emitWithAck('slow', {{ seconds: 1 }});
+            const big = await root.emitWithAck('record', 'x'.repeat(2000)).then(() => null, (e) => [e.code, e.data]);
+            const answer = await slow.catch((e) => e.code);
+            const recovered = root.recovered;
+            // The server's limit is now known: a frame as large is refused here, the link stays.
+            const warning = nextWarning(root);
+            root.emit('record', 'y'.repeat(3000));
+            const local = await warning;
+            const ran = await root.emitWithAck('count', 'slow');
+            return {{ big, answer, recovered, local, ran, disconnects }};
+        }}""",
+        server.ws_url,
+    )
+    code, data = result.pop("big")
+    assert code == "message_too_big" and data["event"] == "record" and data["bytes"] > 2000
+    assert result == {
+        "answer": {"slow": 1},
+        "recovered": True,
+        "local": "message_too_big",
+        "ran": 1,
+        "disconnects": [1009],
+    }
+
+
+def test_too_big_echo_is_shown_on_the_demo(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """An Echo over the size limit says so next to the button; the session is resumed."""
+    server = start_server("--max-message-size", "1024")
+    page = open_demo(new_page, server)
+    submit(page, "emit", emit_data="z" * 2000)
+    expect(page.locator("#emit .reply")).to_contain_text("message_too_big")
+    expect(page.locator("#log li.error", has_text="over the server's size limit")).to_have_count(1)
+    expect(page.locator("#status")).to_have_text("connected (recovered)")
+
+
+# 9. retries: emits that must arrive, over a link that dies silently
+
+
+def test_retries_resend_emits_lost_on_a_silently_dead_link(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """With retries, an emit whose frame (or whose ack) a dead link swallowed arrives once, after the resume."""
+    server = start_server("tests.apps.calls:socketio")
+    with Relay(server.port) as relay:
+        page = open_blank(new_page, relay)
+        page.evaluate(
+            f"""async (url) => {{
+                const options = {{...{FAST}, retries: 30, ackTimeout: 300, heartbeatInterval: 60000, heartbeatTimeout: 500}};
+                window.root = client.connect(url, options);
+                await root.ready;
+                window.warnings = [];
+                root.on('warning', (e) => warnings.push(e.code));
+                window.connects = [];
+                root.on('connect', (data) => connects.push(data.recovered));
+            }}""",
+            relay.ws_url,
+        )
+        relay.swallow("up")  # the emit never reaches the server
+        page.evaluate("root.emit('record', 'lost on the way up')")
+        relay.wait(lambda: relay.swallowed["up"] > 0, "emit swallowed")
+        page.wait_for_function("connects.length === 1", timeout=RECONNECT_TIMEOUT)
+        relay.swallow("down")  # the server handles the call, its ack is lost
+        page.evaluate("() => { window.answer = root.emitWithAck('record', 'ack lost on the way down'); }")
+        relay.wait(lambda: relay.swallowed["down"] > 0, "ack swallowed")
+        page.wait_for_function("connects.length === 2", timeout=RECONNECT_TIMEOUT)
+        assert page.evaluate("answer") == 1
+        counts = page.evaluate(
+            "Promise.all(['lost on the way up', 'ack lost on the way down'].map((key) => root.emitWithAck('count', key)))"
+        )
+        assert counts == [1, 1]
+        assert page.evaluate("[connects, warnings]") == [[True, True], []]
+
+
+def test_volatile_emits_are_dropped_when_not_connected(new_page: Callable[[], Page], server: ServerProcess) -> None:
+    """volatile.emit sends when connected and drops, silently, while connecting; emit buffers."""
+    page = open_blank(new_page, server)
+    result = page.evaluate(
+        """async (url) => {
+            const test = await client.connect(url).of('/test').ready;
+            const got = [];
+            test.on('my response', (d) => { if (d.data !== 'Connected') got.push(d.data); });
+            const warnings = [];
+            test.on('warning', (e) => warnings.push(e.code));
+            test.volatile.emit('my event', { data: 'live' });
+            test.disconnect();
+            test.connect();
+            test.volatile.emit('my event', { data: 'while connecting' });
+            test.emit('my event', { data: 'buffered' });
+            await test.ready;
+            await test.emitWithAck('my ping');  // after every echo above
+            let withAck = null;
+            try { test.volatile.emit('my ping', null, () => {}); } catch (e) { withAck = e.name; }
+            return { got, warnings, withAck };
+        }""",
+        server.ws_url,
+    )
+    assert result == {"got": ["live", "buffered"], "warnings": [], "withAck": "TypeError"}
+
+
+# 10. Small rough edges of the demo page
+
+
+def test_close_room_and_empty_echo_give_feedback(new_page: Callable[[], Page], server: ServerProcess) -> None:
+    """Close room answers next to its button even for a room nobody is in; an empty Echo is not sent."""
+    page = open_demo(new_page, server)
+    submit(page, "close", close_room="nowhere")
+    expect(page.locator("#close .reply")).to_contain_text("Closed room nowhere")
+    submit(page, "emit", emit_data="")
+    assert page.evaluate("document.querySelector('#emit_data').validationMessage") != ""
+    submit(page, "emit", emit_data="after")
+    expect(messages(page)).to_have_text(["Connected", "after"])  # no blank line in between
+
+
+# 11. The recovery token stays out of URLs and the console
+
+
+def test_recovery_token_is_not_in_urls_or_the_console(
+    new_page: Callable[[], Page], start_server: Callable[..., ServerProcess]
+) -> None:
+    """Failed resume attempts print their URL in the console: it holds no token; the resume still works."""
+    server = start_server("--recovery-window", "120")
+    page = open_demo(new_page, server)
+    console: list[str] = []
+    urls: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    sid = page.locator("#sid").text_content()
+    token = page.evaluate("demo.socket.manager.token")
+    assert token
+    page.evaluate("() => { window.errors = 0; demo.socket.on('connect_error', () => errors++); }")
+    server.kill()
+    page.wait_for_function("errors >= 2", timeout=RECONNECT_TIMEOUT)
+    server.start()
+    expect(page.locator("#status")).to_have_text(re.compile(r"^connected"), timeout=RECONNECT_TIMEOUT)
+    failures = [text for text in console if "WebSocket connection to" in text]
+    assert failures, console  # the browser did print the failed attempts
+    assert urls and all("recover=1" in url for url in urls), urls
+    assert not [text for text in console + urls if token in text]
+    assert page.locator("#sid").text_content() != sid  # a restart: a fresh session, as before

@@ -748,3 +748,31 @@ async def test_a_cancelled_handler_does_not_stop_the_next_ones() -> None:
         await client.close()  # must not raise CancelledError
     finally:
         server.close()
+
+
+@pytest.mark.asyncio
+async def test_a_message_over_the_size_limit_fails_alone_and_calls_in_flight_survive() -> None:
+    """1009: the oversized call fails with message_too_big; a call in flight is answered after the resume."""
+    socketio = SocketServer(recovery_window=30, max_message_size=1024)
+    runs = []
+
+    @socketio.on("slow")
+    async def slow(seconds: float) -> str:
+        runs.append(seconds)
+        await asyncio.sleep(seconds)
+        return "late"
+
+    async with serve_for_test(socketio) as url, Client(url, **FAST) as client:
+        reconnected = asyncio.Event()
+        client.on("reconnect", lambda attempt, recovered: reconnected.set())
+        slow_call = asyncio.create_task(client.root.call("slow", 0.5))
+        await until(lambda: runs == [0.5])  # in flight: the server is handling it
+        with pytest.raises(RemoteError) as refused:
+            await client.root.call("echo", "x" * 2000)
+        assert refused.value.code == "message_too_big"
+        assert await slow_call == "late"
+        await asyncio.wait_for(reconnected.wait(), 5)
+        assert client.recovered and runs == [0.5]
+        with pytest.raises(RemoteError, match="too big"):
+            await client.root.emit("echo", "y" * 3000)  # known too big: refused before sending
+        assert client.connected

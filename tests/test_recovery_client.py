@@ -253,6 +253,24 @@ async def test_call_in_flight_is_answered_after_recovery(lost: str) -> None:
             assert [await x.wait("ordered") for _ in range(3)] == ["pizza", "salad", "soup"]
 
 
+@pytest.mark.parametrize("lost", ["call", "ack"])
+async def test_retries_find_a_silently_dead_link_and_the_call_arrives_once(lost: str) -> None:
+    """retries: a call unanswered over a dead link makes the client drop it; after the resume it is handled once."""
+    socketio, seen = make_app()
+    async with running(socketio), relayed(socketio.port) as relay:
+        client = Client(relay.url, retries=20, ping_interval=None, ping_timeout=0.2, **FAST)
+        events = lifecycle(client)
+        async with client:
+            x = await client.connect("/x")
+            relay.drop["up" if lost == "call" else "down"] = True
+            call = asyncio.create_task(x.call("order", "pizza", timeout=0.3))
+            await until(lambda: not client.connected)  # the link check found it dead
+            relay.drop = {"up": False, "down": False}
+            assert await asyncio.wait_for(call, 10) == "ordered pizza"
+            await until(reconnected(events))
+            assert client.recovered and seen["orders"] == ["pizza"]
+
+
 async def test_call_timeout_still_runs_while_waiting_for_recovery() -> None:
     """A call kept across a drop still times out when the client stays away too long."""
     socketio, seen = make_app()
@@ -465,8 +483,31 @@ async def test_forged_and_reused_tokens_get_fresh_sessions(opened: Any) -> None:
         assert again.hello["data"]["recovered"] is True and again.sid == sid
 
 
+async def test_token_in_the_first_frame_resumes_and_anything_else_is_fresh(opened: Any) -> None:
+    """?recover=1: a first heartbeat carrying the token resumes the session; a wrong one or none is fresh."""
+    from websockets.asyncio.client import connect
+
+    socketio, _ = make_app()
+    async with running(socketio) as url:
+        wire = await opened(url)
+        sid, token = wire.sid, wire.hello["data"]["recovery"]["token"]
+        await wire.join("/x")
+        wire.abort()
+        await until(lambda: socketio.kept_registry.is_connected("/x", sid))
+        for first in ({"recover": "not-the-token"}, None):
+            async with connect(f"{url}/?recover=1") as ws:
+                await ws.send(json.dumps({"event": "heartbeat", "namespace": "/", "data": first}))
+                hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                assert hello["data"]["recovered"] is False and hello["data"]["sid"] != sid
+        async with connect(f"{url}/?recover=1") as ws:  # no offset: none was received
+            await ws.send(json.dumps({"event": "heartbeat", "namespace": "/", "data": {"recover": token}}))
+            hello = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert hello["data"]["recovered"] is True and hello["data"]["sid"] == sid
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["namespace"] == "/x"  # its namespace, back
+
+
 async def test_reconnection_urls_carry_token_and_offset() -> None:
-    """The client adds recover= and offset= (URL-encoded) to its own query, and keeps the rest.
+    """The client adds recover=1 and offset= (URL-encoded) to its own query, keeps the rest, and sends the token first.
 
     A scripted server: each connection greets as listed, sends the listed frames, answers
     heartbeats and drops the link (no close frame) when asked. The offset counts even from a
@@ -488,6 +529,7 @@ async def test_reconnection_urls_carry_token_and_offset() -> None:
         ({"sid": "s4", "protocol": 1}, []),
     ]
     paths: list[str] = []
+    tokens: list[Any] = []  # the data of the first heartbeat of each resuming connection
 
     async def scripted(ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -498,6 +540,8 @@ async def test_reconnection_urls_carry_token_and_offset() -> None:
             await ws.send(json.dumps(frames[name]))
         async for message in ws:
             frame = json.loads(message)
+            if frame["event"] == "heartbeat" and frame.get("data") is not None:
+                tokens.append(frame["data"])  # a server with recovery off answers it too
             if frame["event"] == "heartbeat":
                 await ws.send(json.dumps({"event": "heartbeat", "namespace": "/", "data": None}))
             elif frame["event"] == "drop":
@@ -516,11 +560,13 @@ async def test_reconnection_urls_carry_token_and_offset() -> None:
                 await until(reconnected(events, round))
             assert paths == [
                 "/chat?room=lobby&x=%2F",
-                "/chat?room=lobby&x=%2F&recover=t%2F%2B%20%3D1&offset=a-1",
-                "/chat?room=lobby&x=%2F&recover=t2&offset=a-2",
-                "/chat?room=lobby&x=%2F&recover=t3",  # a fresh session: no offset of its own yet
+                "/chat?room=lobby&x=%2F&recover=1&offset=a-1",
+                "/chat?room=lobby&x=%2F&recover=1&offset=a-2",
+                "/chat?room=lobby&x=%2F&recover=1",  # a fresh session: no offset of its own yet
                 "/chat?room=lobby&x=%2F",  # no token: the server has recovery off
             ]
+            # The token is never in a URL: it is the first frame, a heartbeat.
+            assert tokens == [{"recover": "t/+ =1"}, {"recover": "t2"}, {"recover": "t3"}]
             assert [e[1] for e in events if e[0] == "connect"] == [False, True, False, False, False]
             assert client.sid == "s4"
 

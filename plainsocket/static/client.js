@@ -25,7 +25,12 @@
  *                                       (refused, lost session) goes to the `error` event
  *   timeout(ms).emit(event, data, (err, answer) => ...)   err: SocketError, `ack_timeout`...
  *   emitWithAck(event, data, {timeout}) / timeout(ms).emitWithAck(event, data): a promise
+ *   volatile.emit(event, data)          sent only if connected now, else dropped silently
  * `emit` takes one data value (the envelope has one `data`): more arguments are a TypeError.
+ * With `connect(url, {retries: n})` (socket.io-client's option) every emit asks for an ack,
+ * and one that got none within `ackTimeout` checks the link and waits again, n times: a frame
+ * sent over a link that died silently is sent again with its id after the resume, and the
+ * server handles it once. (A new session instead fails it: `disconnected`.)
  *
  * State: `connected`, `disconnected`, `active` (connected, or will (re)connect by itself),
  * `id` (the sid while connected, else undefined), `sid` (the last one), `recovered`, and
@@ -39,7 +44,8 @@
  *     be connected, with a `code` and a `message` an application can show:
  *       connect_failed         the WebSocket closed before the server's greeting: the server
  *                              is down or unreachable, or refused this page's Origin (browsers
- *                              see a 403 as a plain failed connection, code 1006); retried
+ *                              see a 403 as a plain failed connection, code 1006); retried.
+ *                              From a page of another origin the message names that origin
  *       connect_timeout        no greeting within `heartbeatTimeout`; retried
  *       server_full            close code 4002 (too many connections); retried after
  *                              `reconnectDelayLong`
@@ -51,8 +57,13 @@
  *                              `transport close`, `ping timeout`, `offline` (the browser's
  *                              `offline` event: the link is dropped without a close frame, so
  *                              the session can be resumed; `online` reconnects at once)
- *   error (SocketError)        the server refused one of our frames
- *   warning (SocketError)      an emit was dropped (buffer full, closed, left)
+ *   error (SocketError)        the server refused one of our frames; `message_too_big` when
+ *                              it closed the link with 1009 for a frame over its size limit
+ *                              (`data: {event, bytes}`; a call's own promise gets it instead):
+ *                              that frame is not delivered nor sent again, the session is
+ *                              resumed, and frames as large are refused locally from then on
+ *   warning (SocketError)      an emit was dropped (buffer full, closed, left, or as large as
+ *                              one the server refused: `message_too_big`)
  *   reconnect_attempt (n)      reconnect (attempts it took, {recovered})
  *   reconnect_failed (attempts)
  * `reconnect` follows socket.io's Manager: it also comes when the very first connection only
@@ -73,8 +84,8 @@
  * says `recovered: true`. If not, this is a new session: calls sent before the drop fail with
  * `disconnected` and `connect` says `recovered: false`, which tells the application to
  * resynchronise (`socket.recovered` says the same). Without recovery, delivery is at most once:
- * frames written to a socket that then dies are lost (never resent, which is also what close
- * code 1009 asks for).
+ * frames written to a socket that then dies are lost (never resent). After close code 1009
+ * the session is resumed like after any drop, except for the frame that was too big.
  */
 
 /** The protocol version this client speaks (docs/protocol.md, "Connecting"). */
@@ -101,6 +112,9 @@ const CLOSE_ACTIONS = new Map([
 ]);
 // A refused handshake (HTTP 403 for a disallowed Origin) should mean "give up", but browsers
 // report it as a plain 1006, the same as an unreachable server: both back off.
+
+/** Failures of an emit that are the client's to report (`warning`), not the server's (`error`). */
+const LOCAL_FAILURES = new Set(['ack_timeout', 'disconnected', 'closed', 'buffer_overflow', 'reconnect_failed']);
 
 /** Close code a client sends when it does not speak the server's protocol version. */
 const CLOSE_UNSUPPORTED_PROTOCOL = 4010;
@@ -133,6 +147,10 @@ const DEFAULTS = Object.freeze({
   heartbeatTimeout: 20000,
   /** Default `timeout` of `emitWithAck`. */
   ackTimeout: 10000,
+  /** socket.io-client's `retries`: each emit (plain ones too) asks for an ack; a timeout
+   * without one checks the link and waits again, this many times, so that a frame sent over a
+   * link that died silently is sent again after the resume, and arrives once. 0: off. */
+  retries: 0,
   // Limits
   /** Emits kept per namespace while it is not connected; the oldest is dropped beyond this. */
   bufferSize: 100,
@@ -144,7 +162,7 @@ export class SocketError extends Error {
    * @param {string} code machine-readable: a server error code (`unknown_event`, ...) or one
    *   of `ack_timeout`, `disconnected`, `buffer_overflow`, `closed`, `connect_refused`,
    *   `connect_failed`, `connect_timeout`, `server_full`, `rate_limited`,
-   *   `unsupported_protocol`, `reserved_event`, `reconnect_failed`
+   *   `unsupported_protocol`, `reserved_event`, `reconnect_failed`, `message_too_big`
    * @param {string} message for people
    * @param {*} [data] the server's payload, when there was one
    */
@@ -316,8 +334,39 @@ class Namespace {
     const data = args.length ? args[0] : null;
     const text = encode(event, this.name, data, null); // throws now for a reserved name
     if (callback) this.emitWithCallback(event, data, callback, null, false);
+    else if (this.manager.options.retries > 0) this.emitUntilAcked(event, data);
     else this.queue(text, event, null);
     return this;
+  }
+
+  /**
+   * With the `retries` option, a plain emit asks for an ack, so that it arrives (see
+   * `emitWithAck`). Given up on (`ack_timeout`, a new session...): a `warning`; refused by
+   * the server: an `error`, as without retries.
+   */
+  emitUntilAcked(event, data) {
+    this.emitWithAck(event, data, { plain: true }).catch((error) =>
+      this.emitLocal(LOCAL_FAILURES.has(error.code) ? 'warning' : 'error', error),
+    );
+  }
+
+  /**
+   * socket.io's `socket.volatile.emit(event, data)`: sent only if this namespace is connected
+   * now (nothing waits in its buffer); otherwise dropped, without a word (cursor positions, a
+   * typing indicator: a stale one is worse than none). No ack, no retries.
+   */
+  get volatile() {
+    const ns = this;
+    return {
+      emit(event, ...args) {
+        if (typeof args.at(-1) === 'function' || args.length > 1) {
+          throw new TypeError(`volatile.emit("${event}", data): one data value, and no ack (it may be dropped)`);
+        }
+        const text = encode(event, ns.name, args.length ? args[0] : null, null);
+        if (ns.connected && ns.buffer.length === 0 && !ns.manager.overLimit(text)) ns.manager.write(text);
+        return ns;
+      },
+    };
   }
 
   /** `emit` with an ack callback: `callback(answer)`, or `callback(err, answer)` if `withError`. */
@@ -356,23 +405,37 @@ class Namespace {
    * @param {string} event
    * @param {*} [data]
    * @param {{timeout?: number|null}} [options] ms from now until rejecting with `ack_timeout`
-   *   (null: wait forever); defaults to the `ackTimeout` option
+   *   (null: wait forever); defaults to the `ackTimeout` option. With the `retries` option,
+   *   each timeout that finds no ack checks the link first (a heartbeat that must be answered
+   *   within `heartbeatTimeout`) and waits again, up to `retries` times: a dead link is
+   *   dropped, the session resumed, and the frame sent again with its id, which the server
+   *   handles once (docs/protocol.md, "Client acknowledgements across a drop").
    * @returns {Promise<*>} the handler's return value; rejects with a `SocketError` whose
    *   code is the server's error code, `ack_timeout`, `disconnected` (the frame was sent
    *   but the link or the namespace went away), `buffer_overflow` or `closed`
    */
-  emitWithAck(event, data = null, { timeout = this.manager.options.ackTimeout } = {}) {
+  emitWithAck(event, data = null, { timeout = this.manager.options.ackTimeout, plain = false } = {}) {
     return new Promise((resolve, reject) => {
       const id = this.manager.nextAckId++;
       const text = encode(event, this.name, data, id); // throws (so rejects) before registering
       // `text` is kept to send the frame once more after a recovery; `seq` orders such re-sends.
-      const entry = { namespace: this, text, resolve, reject, timer: null, sent: false, seq: 0 };
+      const entry = { namespace: this, text, resolve, reject, timer: null, sent: false, seq: 0, plain };
       if (timeout !== null && timeout !== undefined) {
-        entry.timer = setTimeout(() => {
+        let retries = this.manager.options.retries;
+        const expire = () => {
+          if (retries > 0 && this.manager.pending.has(id)) {
+            // Over a live link the answer is only slow (TCP delivered the frame); over a dead
+            // one the probe drops it, and the resume sends the frame again.
+            retries -= 1;
+            this.manager.probe();
+            entry.timer = setTimeout(expire, timeout);
+            return;
+          }
           this.buffer = this.buffer.filter((b) => b.id !== id); // gave up: do not send it later
           const error = new SocketError('ack_timeout', `no ack for "${event}" within ${timeout} ms`);
           this.manager.settleAck(id, error);
-        }, timeout);
+        };
+        entry.timer = setTimeout(expire, timeout);
       }
       this.manager.pending.set(id, entry);
       this.queue(text, event, id);
@@ -381,6 +444,11 @@ class Namespace {
 
   /** Write an encoded frame now if possible, else keep it for the next `connect`. */
   queue(text, event, id) {
+    if (this.manager.overLimit(text)) {
+      const limit = `the server refused a message of ${this.manager.refusedBytes} bytes as too big`;
+      this.drop({ text, event, id }, 'message_too_big', limit);
+      return;
+    }
     if (this.manager.closed) {
       this.drop({ text, event, id }, 'closed', 'the socket is closed');
       return;
@@ -403,8 +471,9 @@ class Namespace {
   /** Forget a buffered frame, telling whoever waits for it. */
   drop(entry, code, why) {
     const error = new SocketError(code, `${why}: "${entry.event}" dropped`);
+    const plain = entry.id !== null && this.manager.pending.get(entry.id)?.plain;
     if (entry.id !== null) this.manager.settleAck(entry.id, error);
-    this.emitLocal('warning', error);
+    if (!plain) this.emitLocal('warning', error); // a plain emit's own failure handler warns
   }
 
   /** Send buffered frames in order; stop if the link goes away halfway. */
@@ -648,6 +717,8 @@ class Manager {
     this.pending = new Map();
     /** Counts frames with an id as they are written, so re-sends keep their original order. */
     this.sendSeq = 0;
+    /** Size in bytes of the smallest frame the server refused as too big (1009); null: none. */
+    this.refusedBytes = null;
     // Connection state recovery (docs/protocol.md, "Extension: connection state recovery")
     /** The server's single-use recovery token; null when it offers no recovery. */
     this.token = null;
@@ -774,7 +845,7 @@ class Manager {
     const root = this.namespaces.get('/');
     const sendsAuth = !resuming && root !== undefined && root.auth !== null && root.auth !== undefined;
     const url = resuming
-      ? recoveryUrl(this.url, this.token, this.offset)
+      ? recoveryUrl(this.url, this.offset)
       : sendsAuth
         ? withQuery(this.url, 'connect=client')
         : this.url;
@@ -788,6 +859,13 @@ class Manager {
         if (ws !== this.ws) return;
         root.authSent = true; // a refusal now is final: no second try with the same auth
         ws.send(JSON.stringify({ event: 'connect', namespace: '/', data: root.authValue() }));
+      };
+    } else if (resuming) {
+      // The token goes in the first frame, not in the URL: browsers print the URL of a failed
+      // attempt in the console, and proxies log it (docs/protocol.md, "Resuming").
+      const token = this.token;
+      ws.onopen = () => {
+        if (ws === this.ws) ws.send(JSON.stringify({ event: 'heartbeat', namespace: '/', data: { recover: token } }));
       };
     }
     ws.onmessage = (event) => this.onMessage(ws, event.data);
@@ -806,7 +884,48 @@ class Manager {
   writeOn(ws, text) {
     if (!ws || ws !== this.ws || !this.ready || ws.readyState !== WebSocket.OPEN) return false;
     ws.send(text);
+    // Keep the largest frame written: the one a 1009 is about (see `refusedTooBig`). A text of
+    // n UTF-16 units is at most 3n bytes: most frames are never measured.
+    if (text.length * 3 > (ws.largest?.bytes ?? 0)) {
+      const bytes = utf8Length(text);
+      if (bytes > (ws.largest?.bytes ?? 0)) ws.largest = { bytes, text };
+    }
     return true;
+  }
+
+  /** Whether `text` is as large as a frame the server refused with 1009. */
+  overLimit(text) {
+    return this.refusedBytes !== null && text.length * 3 >= this.refusedBytes && utf8Length(text) >= this.refusedBytes;
+  }
+
+  /**
+   * Close code 1009: a frame written on `ws` was over the server's size limit. It is the
+   * largest one (or as large as it): every frame the server read before was within the limit.
+   * Its call fails with `message_too_big` (else the namespace gets an `error`), it is never
+   * sent again, and later frames of its size or more are refused before sending.
+   */
+  refusedTooBig(ws) {
+    const largest = ws.largest;
+    if (!largest) return;
+    this.refusedBytes = Math.min(this.refusedBytes ?? Infinity, largest.bytes);
+    let frame = null;
+    try {
+      frame = JSON.parse(largest.text);
+    } catch {
+      frame = null;
+    }
+    const event = typeof frame?.event === 'string' ? frame.event : 'a message';
+    const error = new SocketError(
+      'message_too_big',
+      `"${event}" (${largest.bytes} bytes) is over the server's size limit (close code 1009): not delivered`,
+      { event, bytes: largest.bytes },
+    );
+    error.closeCode = 1009;
+    if (Number.isInteger(frame?.id) && this.pending.has(frame.id)) {
+      this.settleAck(frame.id, error);
+    } else {
+      (this.namespaces.get(frame?.namespace) ?? this.namespaces.get('/'))?.emitLocal('error', error);
+    }
   }
 
   /**
@@ -951,6 +1070,7 @@ class Manager {
    */
   onClose(ws, code) {
     if (ws !== this.ws) return;
+    if (code === 1009) this.refusedTooBig(ws);
     const action = CLOSE_ACTIONS.get(code) ?? 'backoff';
     const reason = code === 4001 ? 'io server disconnect' : 'transport close';
     this.lose(reason, { code }, action);
@@ -958,10 +1078,9 @@ class Manager {
 
   /** Drop the current WebSocket and everything tied to it, then reconnect or give up. */
   lose(reason, details, action) {
-    // The server keeps a session whose link dropped, and its answers to our calls; not after
-    // 1009, which means "do not send that frame again" (and ends the session anyway).
-    const resumable =
-      this.token !== null && action !== 'stop' && this.options.reconnect && details.code !== 1009;
+    // The server keeps a session whose link dropped, and its answers to our calls (after a
+    // 1009 too: only the frame that was too big is not sent again, see `refusedTooBig`).
+    const resumable = this.token !== null && action !== 'stop' && this.options.reconnect;
     // Closed before the server's greeting: this attempt failed (nothing was connected).
     const failedAttempt = !this.ready;
     // A link we think dead is left to die by itself: a closing handshake that got through
@@ -973,7 +1092,7 @@ class Manager {
     for (const ns of this.namespaces.values()) ns.markDisconnected(reason, details, resumable);
     if (this.closed) return; // a `disconnect` listener called close()
     if (failedAttempt) {
-      const error = attemptError(details.code, reason, this.options);
+      const error = attemptError(details.code, reason, this.options, foreignOrigin(this.url));
       for (const ns of this.namespaces.values()) {
         if (ns.wanted && !ns.connected) ns.emitLocal('connect_error', error);
       }
@@ -1089,6 +1208,11 @@ class Manager {
 
   // Heartbeat (docs/protocol.md, "Heartbeat")
 
+  /** Check the link now: a heartbeat that must be answered within `heartbeatTimeout`. */
+  probe() {
+    if (this.ws && this.write('{"event":"heartbeat"}')) this.armDeadTimer(this.ws);
+  }
+
   /**
    * Send a heartbeat every `heartbeatInterval`. The dead timer is armed by a heartbeat and
    * disarmed by any frame, so "dead" means a heartbeat went unanswered for
@@ -1157,8 +1281,33 @@ class Manager {
   }
 }
 
+/** This page's origin when it differs from the server's (the server may refuse it), else null. */
+function foreignOrigin(url) {
+  if (typeof location === 'undefined' || !/^https?:$/.test(location.protocol)) return null;
+  try {
+    return new URL(url).host === location.host ? null : location.origin; // as the server compares
+  } catch {
+    return null;
+  }
+}
+
+/** The size of `text` in UTF-8, in bytes (what the server's size limit counts). */
+function utf8Length(text) {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) bytes += 1;
+    else if (unit < 0x800) bytes += 2;
+    else if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      bytes += 4; // a surrogate pair: one code point of four bytes
+      i += 1;
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
 /** The `connect_error` of an attempt whose WebSocket closed before the server's greeting. */
-function attemptError(code, reason, options) {
+function attemptError(code, reason, options, foreign = null) {
   let error;
   if (reason === 'offline') {
     error = new SocketError('connect_failed', 'could not connect: the browser is offline');
@@ -1170,6 +1319,9 @@ function attemptError(code, reason, options) {
     error = new SocketError('unsupported_protocol', 'the server does not speak this protocol version (close code 4010)');
   } else if (code === 1008) {
     error = new SocketError('rate_limited', 'rate limited by the server (close code 1008); retrying later');
+  } else if ((code === 1005 || code === 1006 || code === null || code === undefined) && foreign) {
+    // A 403 for a foreign Origin looks like this too; the server's allowed_origins decides.
+    error = new SocketError('connect_failed', `could not connect (server down, or this page's origin ${foreign} is not in the server's allowed origins)`);
   } else if (code === 1005 || code === 1006 || code === null || code === undefined) {
     error = new SocketError('connect_failed', 'could not connect (server down, or this origin is refused)');
   } else {
@@ -1179,24 +1331,26 @@ function attemptError(code, reason, options) {
   return error;
 }
 
-/**
- * The URL that asks to resume a session (docs/protocol.md, "Resuming"): the application's URL
- * with `recover` and `offset` (when there is one) added to its query, which is kept as is.
- */
+/** The URL with `param` added to its query. */
 function withQuery(url, param) {
   const hash = url.indexOf('#');
   const base = hash === -1 ? url : url.slice(0, hash);
   return `${base}${base.includes('?') ? '&' : '?'}${param}${hash === -1 ? '' : url.slice(hash)}`;
 }
 
-function recoveryUrl(url, token, offset) {
+/**
+ * The URL that asks to resume a session (docs/protocol.md, "Resuming"): the application's URL
+ * with `recover=1` (the token follows in the first frame) and `offset` (when there is one)
+ * added to its query, which is kept as is.
+ */
+function recoveryUrl(url, offset) {
   const hash = url.indexOf('#');
   const base = hash === -1 ? url : url.slice(0, hash);
   const question = base.indexOf('?');
   const path = question === -1 ? base : base.slice(0, question);
   const query = question === -1 ? [] : base.slice(question + 1).split('&');
   const kept = query.filter((part) => part !== '' && !/^(recover|offset)(=|$)/.test(part));
-  kept.push(`recover=${encodeURIComponent(token)}`);
+  kept.push('recover=1');
   if (offset !== null) kept.push(`offset=${encodeURIComponent(offset)}`);
   return `${path}?${kept.join('&')}`;
 }
