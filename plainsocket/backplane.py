@@ -539,7 +539,11 @@ class Emitter:
     def __init__(self, url: str, *, channel: str = "plainsocket") -> None:
         self.channel = channel
         self.node = "emitter-" + secrets.token_hex(4)
-        self._seq = 0
+        # Offsets (connection state recovery) are given here, once per emit, as a node gives
+        # them to its own emits: every node then records the frame under the same offset, and
+        # a session handed from one node to another gets it once.
+        self._offset_prefix = secrets.token_hex(4)
+        self._offset_count = 0
         self.redis = redis.Redis.from_url(
             url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=Retry(NoBackoff(), 0)
         )
@@ -555,8 +559,16 @@ class Emitter:
     ) -> int:
         """Emit to every client of ``namespace`` (or a room, a sid, a list); return the node count."""
         Envelope(event, namespace, data)  # validate before publishing
+        self._offset_count += 1
         message = make_message(
-            "emit", self.node, namespace=namespace, event=event, data=data, to=_as_list(to), skip=_as_list(skip_sid)
+            "emit",
+            self.node,
+            namespace=namespace,
+            event=event,
+            data=data,
+            to=_as_list(to),
+            skip=_as_list(skip_sid),
+            offset=f"{self._offset_prefix}-{self._offset_count}",
         )
         return int(self.redis.publish(self.channel, message))
 

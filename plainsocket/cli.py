@@ -313,7 +313,9 @@ def _supervise(args: argparse.Namespace, arguments: list[str], app: SocketServer
     host, port = sock.getsockname()[:2]
     mode = " with --reload" if args.reload else ""
     logger.info("supervising %d worker(s) on %s:%d%s", args.workers, host, port, mode)
-    return Supervisor(command, sock, workers=args.workers, reload_dirs=reload_dirs).run()
+    # A worker that stops may drain for drain_timeout, then close its clients within close_timeout.
+    stop_timeout = getattr(args, "drain_timeout", 5.0) + 2 * getattr(args, "close_timeout", 5.0) + 5.0
+    return Supervisor(command, sock, workers=args.workers, reload_dirs=reload_dirs, stop_timeout=stop_timeout).run()
 
 
 def _without_flags(argv: list[str], flags: Sequence[str], *, switches: Sequence[str] = ()) -> list[str]:

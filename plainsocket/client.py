@@ -152,6 +152,7 @@ LIFECYCLE_EVENTS = frozenset({"connect", "disconnect", "reconnect", "frame"})
 GIVE_UP_CODES = frozenset({1000, 1002, 1007, CloseCode.SERVER_DISCONNECT})
 # 1012: the node restarts and hands the session to another node for a short drain: resume now.
 AT_ONCE_CODES = frozenset({CloseCode.SLOW_CONSUMER, CloseCode.SERVICE_RESTART})
+RESTART_SPREAD = 1.0  # seconds over which the clients of a restarting node come back (1012)
 LONG_BACKOFF_CODES = frozenset({CloseCode.POLICY_VIOLATION, CloseCode.TOO_MANY_CONNECTIONS})
 ABNORMAL_CLOSURE = 1006  # RFC 6455 7.1.5: the connection closed without a close frame
 HTTP_FORBIDDEN = 403  # an Origin the server does not allow: give up
@@ -242,6 +243,9 @@ def reconnect_delay(
     """
     if code in GIVE_UP_CODES:
         return None
+    if code == CloseCode.SERVICE_RESTART and attempt == 0:
+        # A node restarting closes all its clients at once: spread their claims on the others.
+        return RESTART_SPREAD * rng()
     if code in AT_ONCE_CODES and attempt == 0:
         return 0.0
     if code in LONG_BACKOFF_CODES:

@@ -39,6 +39,7 @@ TOO_MANY_CONNECTIONS = "too many connections"
 # measured with tracemalloc; and what each recorded frame adds besides its bytes.
 KEPT_SESSION_COST = 2048
 FRAME_COST = 16
+SEEN_ID_COST = 75  # an int in a set and in a deque
 
 
 class CallTimeoutError(Exception):
@@ -176,10 +177,16 @@ class Connection:
         """Estimate what this session holds while it is kept, for ``recovery_max_memory``.
 
         A frame counts its full size, although a broadcast's bytes are shared by every
-        recipient: the estimate errs on the side of the budget.
+        recipient: the estimate errs on the side of the budget. ``session`` data is not
+        counted (it is the application's, and measuring it would cost a walk of it).
         """
         log = self.log
-        return KEPT_SESSION_COST + (self.log_bytes + FRAME_COST * len(log) if log else 0)
+        cost = KEPT_SESSION_COST + self.backlog_bytes  # frames still waiting for a handler
+        if log:
+            cost += self.log_bytes + FRAME_COST * len(log)
+        if self.seen is not None:
+            cost += SEEN_ID_COST * len(self.seen[1])  # ids remembered for deduplication
+        return cost
 
     def frames_after(self, offset: str | None) -> list[bytes] | None:
         """Return the recorded frames after ``offset`` (all when None), or None if some are gone."""

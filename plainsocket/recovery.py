@@ -141,27 +141,42 @@ class Recovery:
         """Count what a kept session added; past ``recovery_max_memory``, trim (soon: not mid-broadcast)."""
         conn.kept_cost += grown
         self.kept_bytes += grown
-        if self.kept_bytes > self.recovery_max_memory and not self._trimming:
+        self._check_budget()
+
+    def _check_budget(self: SocketServer) -> None:
+        # Not during a drain: the sessions it keeps held that memory while they were live.
+        if self.kept_bytes > self.recovery_max_memory and not self._trimming and not self.draining:
             self._trimming = True
             asyncio.get_running_loop().call_soon(self._trim_kept_sessions)
 
     def _trim_kept_sessions(self: SocketServer) -> None:
         """End the oldest kept sessions until all of them fit in ``recovery_max_memory``."""
         self._trimming = False
-        while self.kept_bytes > self.recovery_max_memory and self._kept_sessions:
-            oldest = next(iter(self._kept_sessions.values()))
-            self.recovery_evicted += 1
-            self._forget(oldest, "the kept sessions' memory budget is used up (recovery_max_memory)")
+        for conn in list(self._kept_sessions.values()):
+            if self.kept_bytes <= self.recovery_max_memory or self.draining:
+                return
+            if self._evictable(conn):
+                self.recovery_evicted += 1
+                self._forget(conn, "the kept sessions' memory budget is used up (recovery_max_memory)")
+
+    def _evictable(self: SocketServer, conn: Connection) -> bool:
+        """A kept session may end early unless its drop's handlers still run or it is moving.
+
+        Those wait: the handlers must see the session's rooms, and a session being handed to
+        another node leaves within CLAIM_TIMEOUT anyway. The budget is checked again after.
+        """
+        return conn.dropping is None and conn.sid not in self._released
 
     async def _notify_drop(self: SocketServer, conn: Connection, reason: str) -> None:
         """Run each namespace's disconnect handler once, then take the client out of tracking."""
         for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
             await self._run_disconnect_handler(conn, namespace, reason)
             self.registry.disconnect(namespace, conn.sid)
-        if isinstance(conn.ws, GoneSocket):
-            conn.ws.request = None  # only the handlers that just ran could read it
+        if isinstance(conn.ws, GoneSocket) and conn.worker is None and not conn.running:
+            conn.ws.request = None  # nothing runs any more that could read it
         if conn.dropping is asyncio.current_task():
             conn.dropping = None  # done: nothing waits for it any more
+        self._check_budget()  # it could not give way while its handlers ran
         logger.info(
             "disconnect sid=%s address=%s reason=%s (kept %g s for a resume)",
             conn.sid,
@@ -190,11 +205,14 @@ class Recovery:
             self.kept_registry.disconnect(namespace, conn.sid)
         return rooms
 
-    def _note_drained(self: SocketServer) -> None:
-        """While draining, tell :meth:`drain` when no session is left to hand over."""
-        if self._drained is not None and not self._kept_sessions:
-            if all(conn.detached for conn in self._connections.values()):
-                self._drained.set()
+    def _note_drained(self: SocketServer, gone: str | None = None) -> None:
+        """While draining, tell :meth:`drain` once every session it closed left this node."""
+        if self._drained is None:
+            return
+        if gone is not None:
+            self._handing_over.discard(gone)
+        if not self._handing_over and not self._resuming:
+            self._drained.set()
 
     def _forget(self: SocketServer, conn: Connection, why: str) -> None:
         """End a kept session without running anything more: the application was told at the drop."""
@@ -208,8 +226,9 @@ class Recovery:
             self.registry.disconnect(namespace, conn.sid)  # in case its handlers still run
         if self._connections.get(conn.sid) is conn:
             del self._connections[conn.sid]
+        self._released.discard(conn.sid)
         logger.info("kept session of sid=%s ended: %s", conn.sid, why)
-        self._note_drained()
+        self._note_drained(conn.sid)
 
     def _expire(self: SocketServer, conn: Connection) -> None:
         if conn.detached and self._connections.get(conn.sid) is conn:

@@ -334,7 +334,10 @@ class SocketServer(Recovery):
         self._to_flush: list[Connection] = []
         self._closing = False
         self.draining = False  # handing the sessions to the rest of the cluster before exiting
-        self._drained: asyncio.Event | None = None  # set when no kept session is left to hand over
+        self._drained: asyncio.Event | None = None  # set when the drain has nothing left to wait for
+        self._handing_over: set[str] = set()  # sids the drain closed, until another node claims them
+        self._resuming = 0  # connections in _resume: a drain waits for them too
+        self._stopping = False  # shutdown() started
         self._stop: asyncio.Event | None = None  # set by stop(), SIGTERM or SIGINT while run() serves
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
@@ -901,9 +904,10 @@ class SocketServer(Recovery):
         In a cluster with recovery on, drain first (:meth:`drain`): the clients resume on
         another node and lose nothing.
         """
-        if self._server is None or self._closing or self.draining:
+        if self._server is None or self._closing or self._stopping:
             return
-        if self.backplane is not None and self.recovery_window and self.drain_timeout:
+        self._stopping = True
+        if not self.draining and self._can_drain():
             await self.drain()
         self._closing = True
         code, why = (CloseCode.SERVICE_RESTART, "service restart") if restart else (CloseCode.SHUTDOWN, SERVER_SHUTDOWN)
@@ -941,22 +945,35 @@ class SocketServer(Recovery):
         ``drain_timeout`` seconds. :meth:`shutdown` does this first in a cluster.
         """
         assert self._server is not None
+        if self.draining or self._closing:
+            return
         self.draining = True
         self._drained = asyncio.Event()
         self._server.close(close_connections=False)  # the other nodes take the new clients
         live = [conn for conn in self._connections.values() if not conn.detached]
         logger.info("draining: %d client(s) to hand over within %g s", len(live), self.drain_timeout)
         for conn in live:
-            conn.close(CloseCode.SERVICE_RESTART, "service restart", SERVICE_RESTART)
-        deadline = asyncio.get_running_loop().time() + self.drain_timeout
-        if self._kept_sessions or any(not conn.detached for conn in self._connections.values()):
-            try:
-                await asyncio.wait_for(self._drained.wait(), self.drain_timeout)
-            except TimeoutError:
-                pass
-        left = len(self._kept_sessions)
-        waited = self.drain_timeout - max(0.0, deadline - asyncio.get_running_loop().time())
-        logger.info("drained in %.1f s: %d session(s) not claimed", waited, left)
+            self._hand_over(conn)
+        started = asyncio.get_running_loop().time()
+        self._note_drained()
+        try:
+            await asyncio.wait_for(self._drained.wait(), self.drain_timeout)
+        except TimeoutError:
+            pass
+        waited = asyncio.get_running_loop().time() - started
+        logger.info("drained in %.1f s: %d session(s) not claimed", waited, len(self._handing_over))
+
+    def _can_drain(self) -> bool:
+        """Whether another node could take this node's sessions now."""
+        backplane = self.backplane
+        if backplane is None or not self.recovery_window or not self.drain_timeout:
+            return False
+        return backplane.link_up and len(backplane.alive_nodes()) > 1
+
+    def _hand_over(self, conn: Connection) -> None:
+        """Close a client with 1012 and keep its session for the node it reconnects to."""
+        self._handing_over.add(conn.sid)
+        conn.close(CloseCode.SERVICE_RESTART, "service restart", SERVICE_RESTART)
 
     def run(
         self,
@@ -1013,6 +1030,9 @@ class SocketServer(Recovery):
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_restart)  # a supervisor restarting this worker
         await self.start(host, port, ssl=ssl, sock=sock)
+        from .supervisor import tell_ready
+
+        tell_ready()  # a rolling restart retires the worker this one replaces
         await stop.wait()
         logger.info("restarting" if restart else "shutting down")
         await self.shutdown(restart=restart)
@@ -1185,18 +1205,31 @@ class SocketServer(Recovery):
     # -- One connection's life ---------------------------------------------------------------
 
     async def _serve(self, ws: ServerConnection) -> None:
-        conn = await self._resume(ws) if self.recovery_window else None
+        if self.recovery_window:
+            self._resuming += 1
+            try:
+                conn = await self._resume(ws)
+            finally:
+                self._resuming -= 1
+        else:
+            conn = None
         fresh = conn is None
         if conn is None:
             conn = Connection(self, ws)
             if self._over_connection_limit(conn):
                 conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS)
+                self._note_drained()
                 await ws.wait_closed()
                 return
             self._connections[conn.sid] = conn
             logger.info("connect sid=%s address=%s", conn.sid, conn.address)
         self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
         address = conn.address
+        if self._closing:
+            conn.close(CloseCode.SHUTDOWN, SERVER_SHUTDOWN, SERVER_SHUTDOWN)  # accepted as it stopped
+        elif self.draining:
+            self._hand_over(conn)  # resumed here as the drain began: on to another node
+        self._note_drained()  # a drain waits for resumes under way, then for what they hand on
         try:
             if fresh and not _client_connects_root(ws):
                 pending = self._connect_namespace(conn, DEFAULT_NAMESPACE, None)
@@ -1242,8 +1275,9 @@ class SocketServer(Recovery):
     def _evict_kept_session(self) -> bool:
         """Make room for a live client by ending the oldest session kept for recovery."""
         for kept in self._kept_sessions.values():
-            self._forget(kept, "its place went to a live client (max_connections)")
-            return True
+            if self._evictable(kept):
+                self._forget(kept, "its place went to a live client (max_connections)")
+                return True
         return False
 
     async def _end(self, conn: Connection, reason: str) -> None:
@@ -1257,7 +1291,7 @@ class SocketServer(Recovery):
             await self._leave(conn, namespace, reason, notify=False)
         self._connections.pop(conn.sid, None)
         logger.info("disconnect sid=%s address=%s reason=%s", conn.sid, conn.address, reason)
-        self._note_drained()
+        self._note_drained(conn.sid)
 
     def _fail_pending(self, conn: Connection) -> None:
         for future in conn.pending.values():

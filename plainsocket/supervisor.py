@@ -7,20 +7,22 @@ child that dies is started again, with a log line; with ``--reload`` every child
 and SIGHUP to the parent does the same on demand, one child at a time (a rolling restart: in
 a cluster each child hands its sessions to the others before it exits).
 
-Children find the socket's descriptor in ``PLAINSOCKET_FD`` and their index in
-``PLAINSOCKET_WORKER``.
+Children find the socket's descriptor in ``PLAINSOCKET_FD``, their index in
+``PLAINSOCKET_WORKER``, and in ``PLAINSOCKET_READY_FD`` a pipe on which they say that they
+listen (:func:`tell_ready`): a rolling restart retires a worker only once its successor does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ logger = logging.getLogger("plainsocket.supervisor")
 
 FD_VARIABLE = "PLAINSOCKET_FD"
 WORKER_VARIABLE = "PLAINSOCKET_WORKER"
+READY_VARIABLE = "PLAINSOCKET_READY_FD"
+READY_TIMEOUT = 30.0  # seconds a new worker of a rolling restart has to start listening
 CRASH_WINDOW = 2.0  # a child that dies sooner than this after its start is crashing
 MAX_QUICK_CRASHES = 5  # in a row: give up instead of restarting it forever
 STOP_TIMEOUT = 15.0  # seconds children get to close their clients and exit
@@ -49,6 +53,18 @@ def inherited_socket() -> socket.socket | None:
     return socket.socket(fileno=int(fd))
 
 
+def tell_ready() -> None:
+    """Tell the supervisor, if any, that this worker listens now."""
+    fd = os.environ.pop(READY_VARIABLE, None)
+    if fd is None or not fd.isdigit():
+        return
+    try:
+        os.write(int(fd), b".")
+        os.close(int(fd))
+    except OSError:
+        pass  # the supervisor is gone: nobody waits
+
+
 def worker_index() -> int | None:
     """This process's stable worker index under a supervisor (0, 1, ...), or None."""
     value = os.environ.get(WORKER_VARIABLE)
@@ -65,16 +81,22 @@ class Supervisor:
         *,
         workers: int = 1,
         reload_dirs: Iterable[str | Path] = (),
+        stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self.command = list(command)
         self.sock = sock
         self.workers = workers
         self.reload_dirs = [str(Path(d).resolve()) for d in reload_dirs]
+        self.stop_timeout = max(STOP_TIMEOUT, stop_timeout)
         self.children: dict[int, subprocess.Popen[bytes]] = {}
         self.started: dict[int, float] = {}
         self.quick_crashes: dict[int, int] = {}
+        self.ready_pipes: dict[int, int] = {}  # pid -> read end of its readiness pipe
         self.stopping = threading.Event()
-        self.rolling = threading.Event()  # SIGHUP: replace the workers one at a time
+        self.rolling = threading.Event()  # SIGHUP or a changed file: replace the workers
+        self.roll: Iterator[None] | None = None  # the rolling restart under way, one step a tick
+        self.replacing: int | None = None  # the index whose successor is starting
+        self.retiring: list[subprocess.Popen[bytes]] = []  # replaced workers still draining
         self.exit_code = 0
 
     def run(self) -> int:
@@ -91,12 +113,21 @@ class Supervisor:
             self._watch()
         else:
             while not self.stopping.wait(0.2):
-                self._restart_dead()
-                if self.rolling.is_set():
-                    self.rolling.clear()
-                    logger.info("SIGHUP: replacing the workers one at a time")
-                    self._restart_all()
+                self._tick()
         return self._stop_all()
+
+    def _tick(self) -> None:
+        """Restart dead workers, then take the next step of a rolling restart, if one is due."""
+        self._restart_dead()
+        if self.rolling.is_set() and self.roll is None:
+            self.rolling.clear()
+            logger.info("replacing the workers one at a time")
+            self.roll = self._rolling_restart()
+        if self.roll is not None:
+            try:
+                next(self.roll)
+            except StopIteration:
+                self.roll = None
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stopping.set()
@@ -105,16 +136,85 @@ class Supervisor:
         self.rolling.set()
 
     def _start(self, index: int) -> None:
-        env = {**os.environ, FD_VARIABLE: str(self.sock.fileno()), WORKER_VARIABLE: str(index)}
-        child = subprocess.Popen(self.command, env=env, pass_fds=[self.sock.fileno()])
+        ready, tell = os.pipe()
+        env = {
+            **os.environ,
+            FD_VARIABLE: str(self.sock.fileno()),
+            WORKER_VARIABLE: str(index),
+            READY_VARIABLE: str(tell),
+        }
+        try:
+            child = subprocess.Popen(self.command, env=env, pass_fds=[self.sock.fileno(), tell])
+        finally:
+            os.close(tell)
+        self.ready_pipes[child.pid] = ready
         self.children[index] = child
         self.started[index] = time.monotonic()
+
+    def _ready(self, child: subprocess.Popen[bytes]) -> bool | None:
+        """Whether ``child`` listens (True), never will (False: it exited first), or not yet (None)."""
+        pipe = self.ready_pipes.get(child.pid)
+        if pipe is None:
+            return child.poll() is None
+        if not select.select([pipe], [], [], 0)[0]:
+            return None
+        said = os.read(pipe, 1)
+        os.close(pipe)
+        del self.ready_pipes[child.pid]
+        return said == b"." and child.poll() is None
+
+    def _forget_pipe(self, child: subprocess.Popen[bytes]) -> None:
+        pipe = self.ready_pipes.pop(child.pid, None)
+        if pipe is not None:
+            os.close(pipe)
+
+    def _rolling_restart(self) -> Iterator[None]:
+        """Replace the workers one at a time, yielding between steps (the main loop goes on).
+
+        Each worker's successor starts first, with the same index; only once it listens is the
+        old one SIGHUPed (it stops accepting at once, closes its clients with 1012 and, in a
+        cluster, hands their sessions over) and waited for. A successor that does not start
+        stops the roll: the workers not replaced yet keep running the code they have.
+        """
+        for index in sorted(self.children):
+            old, old_start = self.children[index], self.started[index]
+            self.replacing = index
+            self._start(index)
+            new = self.children[index]
+            deadline = time.monotonic() + READY_TIMEOUT
+            while (ready := self._ready(new)) is None and time.monotonic() < deadline:
+                yield
+            self.replacing = None
+            if not ready:
+                logger.error(
+                    "the new worker %d did not start (code %s): rolling restart stopped, the others keep running",
+                    index,
+                    new.poll(),
+                )
+                if new.poll() is None:
+                    new.kill()
+                new.wait()
+                self._forget_pipe(new)
+                self.children[index], self.started[index] = old, old_start
+                return
+            if old.poll() is None:
+                old.send_signal(signal.SIGHUP)
+                self.retiring.append(old)
+                deadline = time.monotonic() + self.stop_timeout
+                while old.poll() is None and time.monotonic() < deadline:
+                    yield
+                if old.poll() is None:
+                    old.kill()
+                    old.wait()
+                self.retiring.remove(old)
+            self._forget_pipe(old)
 
     def _restart_dead(self) -> None:
         for index, child in list(self.children.items()):
             code = child.poll()
-            if code is None or self.stopping.is_set():
+            if code is None or self.stopping.is_set() or index == self.replacing:
                 continue
+            self._forget_pipe(child)
             quick = time.monotonic() - self.started[index] < CRASH_WINDOW
             self.quick_crashes[index] = self.quick_crashes.get(index, 0) + 1 if quick else 0
             if self.quick_crashes[index] >= MAX_QUICK_CRASHES:
@@ -145,43 +245,24 @@ class Supervisor:
             if changes:
                 names = sorted({Path(path).name for _, path in changes})
                 logger.info("%s changed: restarting", ", ".join(names))
-                self._restart_all()
-            self._restart_dead()
-
-    def _restart_all(self) -> None:
-        """Replace the children one at a time: SIGHUP one, start its successor, wait for it to exit.
-
-        A SIGHUPed child stops accepting at once and closes its clients with 1012; in a
-        cluster it first hands their sessions over (``--drain-timeout``). Its successor
-        starts meanwhile (it has the same worker index), so the port never lacks a server.
-        """
-        for index, child in list(self.children.items()):
-            if self.stopping.is_set():
-                return
-            running = child.poll() is None
-            if running:
-                child.send_signal(signal.SIGHUP)
-            self.quick_crashes[index] = 0
-            self._start(index)
-            if running:
-                try:
-                    child.wait(STOP_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+                self.rolling.set()
+            self._tick()
 
     def _stop_all(self) -> int:
-        for child in self.children.values():
+        everyone = [*self.children.values(), *self.retiring]
+        for child in everyone:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
+        deadline = time.monotonic() + self.stop_timeout
         codes = []
-        for child in self.children.values():
+        for child in everyone:
             try:
-                codes.append(child.wait(max(0.1, deadline - time.monotonic())))
+                code = child.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
-                codes.append(child.wait())
+                code = child.wait()
+            # Stopped by our SIGTERM before it could handle it (still starting): as asked.
+            codes.append(0 if code == -signal.SIGTERM else code)
         self.sock.close()
         return self.exit_code or max(codes, key=abs, default=0)
 

@@ -54,6 +54,8 @@ FAST = {"reconnect_delay": 0.05, "reconnect_delay_max": 0.2}
         (1011, 10, 5.0),  # capped
         (1008, 0, 5.0),  # rate limited: the long delay at once
         (4002, 0, 5.0),  # too many connections: the long delay
+        (1012, 0, 1.0),  # service restart: within RESTART_SPREAD (rng 1.0 here), resuming elsewhere...
+        (1012, 1, 1.0),  # ...then back off
     ],
 )
 def test_reconnect_delay_follows_close_codes(code: int, attempt: int, expected: float | None) -> None:

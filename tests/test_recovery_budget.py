@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from typing import Any
@@ -10,7 +11,7 @@ from urllib.parse import quote
 from conftest import running, until
 from wire import Wire
 
-from plainsocket import SocketServer, request
+from plainsocket import SocketServer, join_room, request, rooms
 from plainsocket.connection import FRAME_COST, KEPT_SESSION_COST, Connection
 
 
@@ -47,7 +48,8 @@ async def test_the_budget_ends_the_oldest_kept_sessions_first(opened: Any) -> No
     budget = 3 * KEPT_SESSION_COST + 1000
     socketio = SocketServer(recovery_window=30, recovery_max_memory=budget)
     async with running(socketio) as url:
-        clients = [await opened(url) for _ in range(5)]
+        # Dropped in the reverse order of their connects: the oldest drop goes first.
+        clients = [await opened(url) for _ in range(5)][::-1]
         for client in clients:
             await dropped(socketio, client)
         await until(lambda: socketio.recoverable == 3)
@@ -83,3 +85,23 @@ async def test_one_session_larger_than_the_budget_is_not_kept(opened: Any) -> No
         assert socketio.recoverable == 0 and socketio.kept_bytes == 0
         again = await opened(resume_url(url, client))
         assert again.hello["data"]["recovered"] is False
+
+
+async def test_the_budget_waits_for_the_drops_disconnect_handlers(opened: Any) -> None:
+    """A session that does not fit is ended only after its disconnect handlers ran: they still see its rooms."""
+    socketio = SocketServer(recovery_window=30, recovery_max_memory=KEPT_SESSION_COST // 2)
+    seen: list[Any] = []
+    socketio.on_event("join", lambda room: join_room(room))
+
+    @socketio.on("disconnect")
+    async def gone(reason: str) -> None:
+        await asyncio.sleep(0.1)  # an async handler: the budget is checked meanwhile
+        seen.append((reason, set(rooms())))
+
+    async with running(socketio) as url:
+        client = await opened(url)
+        await client.call("join", "lobby")
+        client.abort()
+        await until(lambda: socketio.recovery_evicted == 1)
+        assert seen == [("transport close", {client.sid, "lobby"})]
+        assert socketio.recoverable == 0 and socketio.kept_bytes == 0

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -142,7 +144,9 @@ async def test_sighup_replaces_workers_one_at_a_time_and_loses_nothing(redis_ser
         await client.until_number(50)
         parent.send_signal(signal.SIGHUP)
         moves = 0
+        fewest = len(worker_pids(parent.pid))
         while len(client.numbers) < TOTAL:
+            fewest = min(fewest, len(worker_pids(parent.pid)))
             try:
                 await client.next(timeout=15)
             except ConnectionClosed as closed:
@@ -153,6 +157,7 @@ async def test_sighup_replaces_workers_one_at_a_time_and_loses_nothing(redis_ser
                 client.token = client.wire.hello["data"]["recovery"]["token"]
         assert client.numbers == list(range(TOTAL)), "every event exactly once, in order"
         assert moves >= 1, "the client's worker was replaced while it listened"
+        assert fewest >= 2, "one at a time: a successor starts before its worker goes"
         await until(lambda: len(heard) >= TOTAL, timeout=15)
         assert heard == list(range(TOTAL)) and resumed and all(resumed), "the Python client resumed each time"
         await python_client.close()
@@ -168,3 +173,173 @@ async def test_sighup_replaces_workers_one_at_a_time_and_loses_nothing(redis_ser
             parent.wait()
     errors = [line for line in (parent.stderr.read() if parent.stderr else "").splitlines() if "Traceback" in line]
     assert errors == [] and parent.returncode == 0
+
+
+async def test_an_emitters_frame_has_one_offset_on_every_node(redis_server: Any, opened: Any) -> None:
+    """Both nodes record an Emitter's frame under the same offset: a session moving between them gets it once."""
+    a, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
+    b, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
+    async with running(a) as url_a, running(b) as url_b:
+        await until(lambda: len(a.backplane.alive_nodes()) == len(b.backplane.alive_nodes()) == 2)
+        on_a, on_b = await joined(url_a, opened), await joined(url_b, opened)
+        emitter = Emitter(redis_server.url)
+        try:
+            assert await asyncio.to_thread(emitter.emit, "n", 7, namespace="/test") == 2
+        finally:
+            emitter.close()
+        frames = [await client.next() for client in (on_a, on_b)]
+        assert [f["data"] for f in frames] == [7, 7]
+        assert frames[0]["offset"] == frames[1]["offset"]
+
+
+async def test_a_resume_under_way_when_the_drain_begins_is_handed_on(redis_server: Any, opened: Any) -> None:
+    """B drains while a client's resume through B still claims the session from A: it goes on to A."""
+    a, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
+    b, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25, drain_timeout=10)
+
+    @a.on("disconnect")
+    async def slow(reason: str) -> None:
+        await asyncio.sleep(0.5)  # A hands the session over only after its handlers ran
+
+    async with running(a) as url_a, running(b) as url_b:
+        await until(lambda: len(a.backplane.alive_nodes()) == len(b.backplane.alive_nodes()) == 2)
+        client = Receiver(await opened(url_a))
+        sid = client.wire.sid
+        client.wire.abort()
+        await until(lambda: (conn := a._connections.get(sid)) is not None and conn.detached)
+        resuming = asyncio.ensure_future(client.resume(url_b, opened))
+        await until(lambda: b._resuming == 1)
+        started = time.monotonic()
+        stopping = asyncio.ensure_future(b.shutdown())
+        hello = await resuming
+        assert hello["data"]["sid"] == sid and hello["data"]["recovered"] is True
+        assert await read_until_closed(client) == 1012, "resumed as B drained: sent on"
+        again = await client.resume(url_a, opened)
+        assert again["data"]["sid"] == sid and again["data"]["recovered"] is True, "A took it back"
+        await stopping
+        assert time.monotonic() - started < 5 and sid not in b._connections
+        assert a._connections[sid].detached is False
+
+
+async def test_a_drain_keeps_every_session_whatever_the_memory_budget(redis_server: Any, opened: Any) -> None:
+    """The drain's sessions held their memory while live: the budget does not end them."""
+    a, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25, recovery_max_memory=10_000)
+    b, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
+    async with running(a) as url_a, running(b) as url_b:
+        await until(lambda: len(a.backplane.alive_nodes()) == len(b.backplane.alive_nodes()) == 2)
+        clients = [await joined(url_a, opened) for _ in range(5)]
+        a.emit("big", "x" * 10_000, namespace="/test")
+        for client in clients:
+            assert (await client.next())["event"] == "big"
+        stopping = asyncio.ensure_future(a.shutdown())
+        for client in clients:
+            assert await read_until_closed(client) == 1012
+        for client in clients:
+            hello = await client.resume(url_b, opened)
+            assert hello["data"]["recovered"] is True
+        await stopping
+        assert a.recovery_evicted == 0
+
+
+async def test_the_drain_waits_only_for_the_clients_it_closed(redis_server: Any, opened: Any) -> None:
+    """A session dropped before the drain (its client gone for good) does not hold the drain up."""
+    a, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25, drain_timeout=10)
+    b, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
+    async with running(a) as url_a, running(b) as url_b:
+        await until(lambda: len(a.backplane.alive_nodes()) == len(b.backplane.alive_nodes()) == 2)
+        gone = await opened(url_a)
+        gone.abort()
+        await until(lambda: (conn := a._connections.get(gone.sid)) is not None and conn.detached)
+        client = await joined(url_a, opened)
+        started = time.monotonic()
+        stopping = asyncio.ensure_future(a.shutdown())
+        assert await read_until_closed(client) == 1012
+        assert (await client.resume(url_b, opened))["data"]["recovered"] is True
+        await stopping
+        assert time.monotonic() - started < 5, "done once its own client was claimed"
+
+
+async def test_drain_then_shutdown_stops_the_node(redis_server: Any, opened: Any) -> None:
+    """drain() called on its own, then shutdown(): the node stops, with nothing kept."""
+    a, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25, drain_timeout=0.5)
+    b, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.25)
+    async with running(a) as url_a, running(b):
+        await until(lambda: len(a.backplane.alive_nodes()) == len(b.backplane.alive_nodes()) == 2)
+        client = await joined(url_a, opened)
+        await a.drain()
+        assert await read_until_closed(client) == 1012
+        await a.shutdown()
+        assert a._closing and a._connections == {} and a.recoverable == 0
+        await until(lambda: len(b.backplane.alive_nodes()) == 1, timeout=5)
+
+
+def test_a_rolling_restart_stops_when_a_new_worker_does_not_start(redis_server: Any, tmp_path: Path) -> None:
+    """A release that fails at import replaces no worker: the roll stops, the old workers keep serving."""
+    marker = tmp_path / "broken"
+    (tmp_path / "app.py").write_text(
+        "import os\n"
+        f"if os.path.exists({str(marker)!r}):\n"
+        "    raise SystemExit('this release is broken')\n"
+        "from plainsocket import SocketServer\n"
+        "socketio = SocketServer()\n"
+    )
+    port = free_port()
+    command = [sys.executable, "-m", "plainsocket", "run", "app:socketio", "--app-dir", str(tmp_path)]
+    command += ["--workers", "2", "--port", str(port), "--redis", redis_server.url]
+    parent = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = _lines_of(parent)
+        assert _wait_for(lines, "listening on", 20) and _wait_for(lines, "listening on", 20), "both workers listen"
+        before = worker_pids(parent.pid)
+        assert len(before) == 2
+        marker.write_text("")
+        parent.send_signal(signal.SIGHUP)
+        assert _wait_for(lines, "rolling restart stopped", 20)
+        assert worker_pids(parent.pid) == before, "no worker was replaced"
+        assert _listening(port), "the old workers still serve"
+        marker.unlink()
+        parent.send_signal(signal.SIGHUP)  # a good release rolls through
+        deadline = time.monotonic() + 30
+        while worker_pids(parent.pid) & before or len(worker_pids(parent.pid)) != 2:
+            assert time.monotonic() < deadline, "the good release did not replace the workers"
+            time.sleep(0.1)
+    finally:
+        parent.send_signal(signal.SIGTERM)
+        try:
+            parent.wait(30)
+        except subprocess.TimeoutExpired:
+            parent.kill()
+            parent.wait()
+    assert parent.returncode == 0
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _lines_of(process: subprocess.Popen[str]) -> queue.Queue[str]:
+    """The stderr lines of ``process``, read by a thread as they come (a full pipe would block it)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _wait_for(lines: queue.Queue[str], text: str, timeout: float) -> bool:
+    """Consume lines until one contains ``text``; False if none does within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if text in lines.get(timeout=max(0.0, deadline - time.monotonic())):
+                return True
+        except queue.Empty:
+            return False

@@ -105,7 +105,7 @@ const CLOSE_ACTIONS = new Map([
   [1007, 'stop'], // invalid UTF-8: same
   [1008, 'long'], // rate limited for too long
   [4000, 'now'], // slow consumer: the link is fine, the backlog is gone
-  [1012, 'now'], // service restart: the node hands the session to another one, resume there now
+  [1012, 'soon'], // service restart: the node hands the session to another one, resume there within 1 s
   [4001, 'stop'], // the application kicked us
   [4002, 'long'], // too many connections
   [4010, 'stop'], // unsupported protocol (we send it; a server that echoes it will not change)
@@ -115,6 +115,9 @@ const CLOSE_ACTIONS = new Map([
 
 /** Failures of an emit that are the client's to report (`warning`), not the server's (`error`). */
 const LOCAL_FAILURES = new Set(['ack_timeout', 'disconnected', 'closed', 'buffer_overflow', 'reconnect_failed']);
+
+/** Milliseconds over which the clients of a restarting node (1012) reconnect. */
+const RESTART_SPREAD_MS = 1000;
 
 /** Close code a client sends when it does not speak the server's protocol version. */
 const CLOSE_UNSUPPORTED_PROTOCOL = 4010;
@@ -1179,9 +1182,13 @@ class Manager {
     // "Reconnect at once" (4000) at most once per reconnectDelayMax: a server that keeps
     // greeting then dropping us this way gets the ordinary backoff instead of a busy loop.
     const now = Date.now();
-    const atOnce = action === 'now' && this.attempts === 0 && now - (this.lastAtOnce ?? -Infinity) > this.options.reconnectDelayMax;
+    // "Soon" (1012) is "now" spread over RESTART_SPREAD_MS: a restarting node closes all its
+    // clients at once, and they should not all claim their sessions on the others together.
+    const quick = action === 'now' || action === 'soon';
+    const atOnce = quick && this.attempts === 0 && now - (this.lastAtOnce ?? -Infinity) > this.options.reconnectDelayMax;
     if (atOnce) this.lastAtOnce = now;
-    const delay = atOnce ? 0 : this.backoff(action === 'now' ? 'backoff' : action);
+    const spread = action === 'soon' ? Math.random() * RESTART_SPREAD_MS : 0;
+    const delay = atOnce ? spread : this.backoff(quick ? 'backoff' : action);
     this.attempts += 1;
     const attempt = this.attempts;
     if (this.offline) {
