@@ -195,6 +195,7 @@ class RoomView:
         self.connections = 0
         self._before: dict[str, Any] = {}  # key -> its entry at sent_rev (_ABSENT: none)
         self.sources: dict[str, int] = {}  # key -> source revision of its last change (leaves too)
+        self.floor = 0  # source revision of the last snapshot: older changes are in it already
 
     def __len__(self) -> int:
         return len(self.members)
@@ -206,13 +207,17 @@ class RoomView:
     def set(self, key: str, entry: Entry | None, source_rev: int | None = None) -> bool:
         """Make ``key``'s entry ``entry`` (None: it left); return whether the view changed."""
         if source_rev is not None:
-            last = self.sources.get(key)
-            if last is not None and source_rev <= last:
+            last = self.sources.get(key, self.floor)
+            if source_rev <= last:
                 return False
             self.sources[key] = source_rev
         old = self.members.get(key)
         if old == entry:
             return False
+        self._apply(key, old, entry)
+        return True
+
+    def _apply(self, key: str, old: Entry | None, entry: Entry | None) -> None:
         if key not in self._before:
             self._before[key] = _ABSENT if old is None else old
         if old is not None:
@@ -223,16 +228,20 @@ class RoomView:
             self.members[key] = entry
             self.connections += entry.conns
         self.rev += 1
-        return True
 
-    def reset(self, members: Mapping[str, Entry], source_rev: int | None = None) -> None:
-        """Replace every member (a snapshot from the source); what differs becomes the next diff."""
-        for key in [key for key in self.members if key not in members]:
-            self.set(key, None)
-        for key, entry in members.items():
-            self.set(key, entry)
-        if source_rev is not None:
-            self.sources = dict.fromkeys(members, source_rev)
+    def reset(self, members: Mapping[str, Entry], source_rev: int) -> None:
+        """Take a snapshot of the source at ``source_rev``: what differs becomes the next diff.
+
+        Changes newer than the snapshot, applied already, stay; older ones are ignored from now on.
+        """
+        for key in set(self.members) | set(members):
+            if self.sources.get(key, 0) > source_rev:
+                continue
+            self.sources[key] = source_rev
+            old, entry = self.members.get(key), members.get(key)
+            if old != entry:
+                self._apply(key, old, entry)
+        self.floor = max(self.floor, source_rev)
 
     def take_diff(self) -> Diff | None:
         """Hand out the net change since the last diff (None when it nets to nothing)."""

@@ -81,8 +81,10 @@ class LocalStore:
         if entry is not None:
             self.hub.applied(namespace, room, key, entry)
 
-    async def page(self, namespace: str, room: str, cursor: str | None, limit: int) -> dict[str, Any] | None:
-        return None  # everything is in the views
+    async def page(
+        self, namespace: str, room: str, cursor: str | None, limit: int, *, key: str | None = None
+    ) -> dict[str, Any] | None:
+        return None  # every room with members has a view
 
 
 class PresenceHub:
@@ -104,6 +106,7 @@ class PresenceHub:
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._seen: dict[Room, dict[str, int]] = {}  # sids whose state is newer than the last diff
         self._pending: set[Room] = set()
+        self._awaiting: set[tuple[str, str, str]] = set()  # (ns, room, sid) whose state is not out yet
         self._timers: dict[Room, asyncio.Handle] = {}
         self._last_flush: dict[Room, float] = {}
         self._count_timers: dict[Room, asyncio.Handle] = {}
@@ -254,6 +257,9 @@ class PresenceHub:
         """A kept session resumed here: quiet within the grace, a join for what had lapsed."""
         sid = conn.sid
         self._cancel_grace(sid)
+        if not any(tracked_sid == sid for _, tracked_sid in self._tracked) and sid not in self._lapsed:
+            self._adopt(conn)  # moved here from another node: its presence comes along, quietly
+            return
         for namespace, room, meta in self._lapsed.pop(sid, ()):
             if namespace in conn.namespaces and room in self._registry.rooms(namespace, sid):
                 try:
@@ -268,6 +274,12 @@ class PresenceHub:
                     self._untrack(namespace, room, sid)
                 else:
                     self._send_state(namespace, room, conn)  # the diffs it missed were not recorded
+
+    def _adopt(self, conn: Connection) -> None:
+        for namespace in conn.namespaces:
+            if self.enabled(namespace):
+                for room in sorted(self._registry.rooms(namespace, conn.sid)):
+                    self.entered(namespace, conn.sid, room)
 
     def ended(self, sid: str) -> None:
         """A session ended (closed, expired, kicked): every presence of it goes."""
@@ -380,13 +392,15 @@ class PresenceHub:
         if room in tracked:
             return
         conn = self._connections.get(sid)
-        member = Member(sid, namespace, room, self._auth.get((namespace, sid)), _session(conn, namespace))
+        auth = self._auth.get((namespace, sid), None if conn is None else (conn.auth or {}).get(namespace))
+        member = Member(sid, namespace, room, auth, _session(conn, namespace))
         key = check_key(options.key(member))
         meta = options.meta(member) if meta is None else meta
         check_meta(meta, options.max_meta)
         tracked[room] = (key, meta)
         self._room_sids.setdefault((namespace, room), set()).add(sid)
         self.views.setdefault((namespace, room), RoomView(room))
+        self._awaiting.add((namespace, room, sid))  # no diff before its state
         self.store.add(namespace, room, sid, key, dict(meta))
 
     def _untrack(self, namespace: str, room: str, sid: str) -> None:
@@ -406,6 +420,7 @@ class PresenceHub:
         if sids is None:
             return
         sids.discard(sid)
+        self._awaiting.discard((namespace, room, sid))
         seen = self._seen.get(name)
         if seen is not None:
             seen.pop(sid, None)
@@ -450,6 +465,7 @@ class PresenceHub:
         view = self.views.get((namespace, room))
         if view is None:
             return
+        self._awaiting.discard((namespace, room, conn.sid))
         mode = self._mode(namespace, conn.sid)
         if mode == "full":
             state = view.state(self.options[namespace].max_state)
@@ -502,8 +518,8 @@ class PresenceHub:
         counting = False
         for sid in self._registry.members(namespace, room):
             conn = self._connections.get(sid)
-            if conn is None or seen.get(sid, -1) >= diff.rev:
-                continue  # its state is newer than this diff
+            if conn is None or seen.get(sid, -1) >= diff.rev or (namespace, room, sid) in self._awaiting:
+                continue  # its state is newer than this diff, or still to come
             mode = self._mode(namespace, sid)
             if mode == "full":
                 full.append(conn)

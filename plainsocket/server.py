@@ -871,6 +871,11 @@ class SocketServer(Recovery):
                 self, self.message_queue, channel=self.channel, heartbeat_interval=self.heartbeat_interval
             )
             await self.backplane.start()
+            if self.presence.options:
+                from .presence_redis import RedisPresence
+
+                self.presence.store = RedisPresence(self.presence, self.backplane)
+                self.presence.store.start()
         self._server = await serve(
             self._serve,
             None if sock else host,

@@ -1,0 +1,360 @@
+"""Presence across a cluster: joins and leaves decided in Redis, atomically, by Lua scripts.
+
+Every change of a room runs one script that updates the room's hashes, bumps the room's
+revision and publishes the change on the backplane channel, all in one step: two nodes can
+not both announce a key's join, and every node hears a room's changes in revision order. The
+scripts run in the node's ordered publish queue (``RedisBackplane.enqueue_call``), so a change
+reaches the other nodes before any message its member sends after it.
+
+Keys, per room (``rid`` is ``["/ns","room"]`` in compact JSON)::
+
+    {channel}:presence:r:{rid}:c    HASH  sid -> "node\\nkey"  (each connection and its owner)
+    {channel}:presence:r:{rid}:k    HASH  key -> connections
+    {channel}:presence:r:{rid}:m    HASH  key -> metadata (JSON)
+    {channel}:presence:r:{rid}:rev  the room's revision
+    {channel}:presence:node:{node}  SET   "rid\\nsid" owned by a node
+    {channel}:presence:nodes        SET   nodes that own entries
+
+A node that stops heart-beating (``{channel}:node:{node}`` expires: 3 heartbeats) is swept by
+any live node within a second: its entries go, with their leaves published. The same sweep
+clears what a whole cluster left behind when it was killed. A node that finds its entries
+swept while it was cut off from Redis puts them back (its members join again).
+
+Published changes (validated by the backplane like every message)::
+
+    {"v":1,"kind":"presence","node":"n1","namespace":"/chat","room":"lobby","rev":7,
+     "key":"alice","conns":2,"meta":{"name":"Alice"}}         (conns 0 and meta null: a leave)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from .presence import Entry
+
+if TYPE_CHECKING:
+    from .backplane import RedisBackplane
+    from .presence_hub import PresenceHub
+
+logger = logging.getLogger("plainsocket.presence")
+
+SWEEP_INTERVAL = 1.0  # seconds between two looks for dead nodes
+SWEEP_BATCH = 500  # entries one script call removes: Redis is never blocked for long
+EMPTY_ROOM_TTL = 86_400  # an empty room's revision is kept this long (revisions never go back)
+
+_LIB = r"""
+local P, ch = ARGV[1], ARGV[2]
+local function announce(node, ns, room, rev, key, conns, meta)
+  redis.call('PUBLISH', ch, '{"v":1,"kind":"presence","node":' .. cjson.encode(node) ..
+    ',"namespace":' .. cjson.encode(ns) .. ',"room":' .. cjson.encode(room) .. ',"rev":' .. rev ..
+    ',"key":' .. cjson.encode(key) .. ',"conns":' .. conns .. ',"meta":' .. (meta or 'null') .. '}')
+end
+local function split(value)
+  local at = string.find(value, '\n', 1, true)
+  return string.sub(value, 1, at - 1), string.sub(value, at + 1)
+end
+local function remove(node, rid, ns, room, sid)
+  local base = P .. ':r:' .. rid
+  local value = redis.call('HGET', base .. ':c', sid)
+  if not value then return false end
+  local owner, key = split(value)
+  redis.call('HDEL', base .. ':c', sid)
+  redis.call('SREM', P .. ':node:' .. owner, rid .. '\n' .. sid)
+  local conns = redis.call('HINCRBY', base .. ':k', key, -1)
+  local meta = false
+  if conns <= 0 then
+    conns = 0
+    redis.call('HDEL', base .. ':k', key)
+    redis.call('HDEL', base .. ':m', key)
+  else
+    meta = redis.call('HGET', base .. ':m', key)
+  end
+  local rev = redis.call('INCR', base .. ':rev')
+  if redis.call('HLEN', base .. ':k') == 0 then redis.call('EXPIRE', base .. ':rev', ARGV[3]) end
+  announce(node, ns, room, rev, key, conns, meta)
+  return {rev, key, conns, meta}
+end
+"""
+
+# ARGV: P, ch, ttl, node, rid, ns, room, sid, key, meta, snapshot
+ADD = (
+    _LIB
+    + r"""
+local node, rid, ns, room, sid = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local key, meta, snap = ARGV[9], ARGV[10], ARGV[11]
+local base = P .. ':r:' .. rid
+local entry = rid .. '\n' .. sid
+local current = redis.call('HGET', base .. ':c', sid)
+local rev, conns
+if current then
+  local owner, known = split(current)
+  key = known
+  if owner ~= node then  -- a session resumed here: this node owns it now, nobody is told
+    redis.call('SREM', P .. ':node:' .. owner, entry)
+    redis.call('HSET', base .. ':c', sid, node .. '\n' .. key)
+  end
+  rev = tonumber(redis.call('GET', base .. ':rev') or '0')
+  conns = tonumber(redis.call('HGET', base .. ':k', key) or '0')
+else
+  redis.call('HSET', base .. ':c', sid, node .. '\n' .. key)
+  conns = redis.call('HINCRBY', base .. ':k', key, 1)
+  if conns == 1 then redis.call('HSET', base .. ':m', key, meta) end
+  redis.call('PERSIST', base .. ':rev')
+  rev = redis.call('INCR', base .. ':rev')
+end
+redis.call('SADD', P .. ':node:' .. node, entry)
+redis.call('SADD', P .. ':nodes', node)
+local stored = redis.call('HGET', base .. ':m', key) or '{}'
+if not current then announce(node, ns, room, rev, key, conns, stored) end
+local result = {rev, key, conns, stored}
+if snap == '1' then
+  result[5] = redis.call('HGETALL', base .. ':k')
+  result[6] = redis.call('HGETALL', base .. ':m')
+end
+return result
+"""
+)
+
+# ARGV: P, ch, ttl, node, rid, ns, room, sid
+REMOVE = (
+    _LIB
+    + r"""
+return remove(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
+"""
+)
+
+# ARGV: P, ch, ttl, node, rid, ns, room, key, meta
+UPDATE = (
+    _LIB
+    + r"""
+local node, rid, ns, room, key, meta = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local base = P .. ':r:' .. rid
+local conns = tonumber(redis.call('HGET', base .. ':k', key) or '0')
+if conns == 0 then return false end
+redis.call('HSET', base .. ':m', key, meta)
+local rev = redis.call('INCR', base .. ':rev')
+announce(node, ns, room, rev, key, conns, meta)
+return {rev, key, conns, meta}
+"""
+)
+
+# ARGV: P, ch, ttl, node, heartbeat key prefix, batch
+SWEEP = (
+    _LIB
+    + r"""
+local node, beat, batch = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local removed = 0
+for _, dead in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
+  if redis.call('EXISTS', beat .. dead) == 0 then
+    local owned = P .. ':node:' .. dead
+    for _, entry in ipairs(redis.call('SRANDMEMBER', owned, batch)) do
+      local rid, sid = split(entry)
+      local name = cjson.decode(rid)
+      if not remove(node, rid, name[1], name[2], sid) then redis.call('SREM', owned, entry) end
+      removed = removed + 1
+    end
+    if redis.call('SCARD', owned) == 0 then redis.call('SREM', P .. ':nodes', dead) end
+    if removed >= batch then break end
+  end
+end
+return removed
+"""
+)
+
+
+def room_id(namespace: str, room: str) -> str:
+    return json.dumps([namespace, room], separators=(",", ":"), ensure_ascii=False)
+
+
+class RedisPresence:
+    """The cluster's presence store for one node (the hub's ``store`` when Redis is on)."""
+
+    def __init__(self, hub: PresenceHub, backplane: RedisBackplane) -> None:
+        self.hub = hub
+        self.backplane = backplane
+        self.prefix = f"{backplane.channel}:presence"
+        self.sweeps = 0  # entries of dead nodes this node removed
+        self._task: asyncio.Task[None] | None = None
+        self._failed = False  # a script did not run: re-assert this node's entries
+
+    def start(self) -> None:
+        self.backplane.on_presence = self.received
+        self._task = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    # -- Changes (the hub applies them at once, Redis decides, every node is told) ----------
+
+    def add(self, namespace: str, room: str, sid: str, key: str, meta: dict[str, Any]) -> None:
+        view = self.hub.views.get((namespace, room))
+        first = view is not None and view.rev == 0  # a view just created: it needs the room's members
+        if view is not None and not first:
+            # Shown here at once, so that this node's observers see the join before any message
+            # of the member; Redis corrects the connection count when it answers.
+            known = view.members.get(key)
+            guess = Entry(known.meta if known else meta, (known.conns if known else 0) + 1)
+            self.hub.applied(namespace, room, key, guess)
+        args = (
+            self.backplane.node,
+            room_id(namespace, room),
+            namespace,
+            room,
+            sid,
+            key,
+            _json(meta),
+            "1" if first else "0",
+        )
+        self._run(ADD, args, lambda reply: self._added(namespace, room, sid, reply))
+
+    def remove(self, namespace: str, room: str, sid: str, key: str) -> None:
+        view = self.hub.views.get((namespace, room))
+        if view is not None:
+            known = view.members.get(key)
+            if known is not None:
+                self.hub.applied(namespace, room, key, Entry(known.meta, known.conns - 1) if known.conns > 1 else None)
+        args = (self.backplane.node, room_id(namespace, room), namespace, room, sid)
+        self._run(REMOVE, args, lambda reply: self._changed(namespace, room, reply))
+
+    def update(self, namespace: str, room: str, key: str, meta: dict[str, Any]) -> None:
+        view = self.hub.views.get((namespace, room))
+        if view is not None and key in view.members:
+            self.hub.applied(namespace, room, key, Entry(meta, view.members[key].conns))
+        args = (self.backplane.node, room_id(namespace, room), namespace, room, key, _json(meta))
+        self._run(UPDATE, args, lambda reply: self._changed(namespace, room, reply))
+
+    def _run(self, script: str, args: tuple[str, ...], done: Callable[[Any], None]) -> None:
+        common = (self.prefix, self.backplane.channel, str(EMPTY_ROOM_TTL))
+
+        def call(pipe: Any) -> None:
+            pipe.eval(script, 0, *common, *args)
+
+        def finish(reply: Any) -> None:
+            if isinstance(reply, BaseException):
+                self._failed = True  # the next sweep tick puts this node's entries back
+                return
+            done(reply)
+
+        self.backplane.enqueue_call(call, finish)
+
+    def _added(self, namespace: str, room: str, sid: str, reply: Any) -> None:
+        rev, key, conns, meta = int(reply[0]), _text(reply[1]), int(reply[2]), _meta(reply[3])
+        if len(reply) > 4:
+            counts, metas = _pairs(reply[4]), _pairs(reply[5])
+            members = {k: Entry(_meta(metas.get(k)), int(c)) for k, c in counts.items()}
+            self.hub.loaded(namespace, room, members, rev)
+        self.hub.applied(namespace, room, key, Entry(meta, conns) if conns else None, source_rev=rev, joiner=sid)
+
+    def _changed(self, namespace: str, room: str, reply: Any) -> None:
+        if not reply:
+            return
+        rev, key, conns = int(reply[0]), _text(reply[1]), int(reply[2])
+        entry = Entry(_meta(reply[3]), conns) if conns else None
+        self.hub.applied(namespace, room, key, entry, source_rev=rev)
+
+    def received(self, message: dict[str, Any]) -> None:
+        """Apply a change another node (or this one) published; older ones are ignored."""
+        meta = message.get("meta")
+        entry = Entry(meta if isinstance(meta, dict) else {}, message["conns"]) if message["conns"] > 0 else None
+        self.hub.applied(message["namespace"], message["room"], message["key"], entry, source_rev=message["rev"])
+
+    # -- Reading a room this node does not mirror --------------------------------------------
+
+    async def page(
+        self, namespace: str, room: str, cursor: str | None, limit: int, *, key: str | None = None
+    ) -> dict[str, Any] | None:
+        base = f"{self.prefix}:r:{room_id(namespace, room)}"
+        pipe = self.backplane.redis.pipeline(transaction=True)
+        pipe.hgetall(f"{base}:k")
+        pipe.hgetall(f"{base}:m")
+        pipe.get(f"{base}:rev")
+        counts_raw, metas_raw, rev = await pipe.execute()
+        counts = {_text(k): int(v) for k, v in counts_raw.items()}
+        metas = {_text(k): v for k, v in metas_raw.items()}
+        members = {k: {"meta": _meta(metas.get(k)), "conns": c} for k, c in counts.items()}
+        if key is not None:
+            chosen = {key: members[key]} if key in members else {}
+            next_cursor = None
+        else:
+            keys = sorted(k for k in members if cursor is None or k > cursor)
+            chosen = {k: members[k] for k in keys[:limit]}
+            next_cursor = keys[limit - 1] if limit and len(keys) > limit else None
+        return {
+            "room": room,
+            "rev": int(rev or 0),
+            "count": {"users": len(counts), "connections": sum(counts.values())},
+            "members": chosen,
+            "cursor": next_cursor,
+        }
+
+    # -- Dead nodes and lost entries ----------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.sweep()
+                await self._reassert_if_swept()
+            except (redis.RedisError, OSError, TimeoutError) as exc:
+                logger.warning("presence sweep failed: %s", exc or type(exc).__name__)
+                self._failed = True
+            except Exception:  # our bug: log it, keep sweeping
+                logger.exception("presence sweep failed")
+
+    async def sweep(self) -> int:
+        """Remove the entries of nodes whose heartbeat expired (their leaves are published)."""
+        removed = 0
+        for _ in range(100):  # bounded: at most 50,000 entries per tick
+            common = (self.prefix, self.backplane.channel, str(EMPTY_ROOM_TTL))
+            beat = f"{self.backplane.channel}:node:"  # the backplane's heartbeat keys
+            count = int(await self.backplane.redis.eval(SWEEP, 0, *common, self.backplane.node, beat, SWEEP_BATCH))
+            removed += count
+            if count < SWEEP_BATCH:
+                break
+        if removed:
+            self.sweeps += removed
+            logger.info("presence: removed %d entries of stopped nodes", removed)
+        return removed
+
+    async def _reassert_if_swept(self) -> None:
+        """Put this node's entries back when Redis lost them (a partition, a Redis restart)."""
+        entries = self.hub.tracked_entries()
+        owned = int(await self.backplane.redis.scard(f"{self.prefix}:node:{self.backplane.node}"))
+        if not self._failed and owned >= len(entries):
+            return
+        self._failed = False
+        if entries:
+            logger.warning("presence: putting back %d entries of this node", len(entries))
+        for namespace, room, sid, key, meta in entries:
+            args = (self.backplane.node, room_id(namespace, room), namespace, room, sid, key, _json(meta), "1")
+            self._run(ADD, args, lambda reply, ns=namespace, r=room, s=sid: self._added(ns, r, s, reply))
+
+
+def _json(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _meta(value: Any) -> dict[str, Any]:
+    if not value:
+        return {}
+    try:
+        meta = json.loads(value)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _pairs(flat: Any) -> dict[str, Any]:
+    items = list(flat or ())
+    return {_text(items[i]): items[i + 1] for i in range(0, len(items) - 1, 2)}
