@@ -602,6 +602,10 @@ class PresenceHub:
         options = self.options[namespace]
         if not options.client_updates:
             raise PresenceError("forbidden", "this server does not take presence updates from clients")
+        tracked = self._tracked.get((namespace, conn.sid), {}).get(room)
+        if tracked is None:
+            raise PresenceError("not_present", f"not present in room {room!r}")
+        check_meta(data.get("meta"), options.max_meta)  # a refused update costs no token
         bucket = self._buckets.get((namespace, conn.sid))
         now = time.monotonic()
         if bucket is None:
