@@ -58,7 +58,9 @@ Hook = Callable[[str, dict[str, Any], list[str], dict[str, Any]], Any]
 class Store(Protocol):
     """Where joins and leaves are decided: the hub calls these, they call ``hub.applied``."""
 
-    def add(self, namespace: str, room: str, sid: str, key: str, meta: dict[str, Any]) -> None: ...
+    def add(
+        self, namespace: str, room: str, sid: str, key: str, meta: dict[str, Any], *, moved: bool = False
+    ) -> None: ...
     def remove(self, namespace: str, room: str, sid: str, key: str) -> None: ...
     def update(self, namespace: str, room: str, key: str, meta: dict[str, Any]) -> None: ...
 
@@ -70,7 +72,7 @@ class LocalStore:
         self.hub = hub
         self.counts = LocalCounts()
 
-    def add(self, namespace: str, room: str, sid: str, key: str, meta: dict[str, Any]) -> None:
+    def add(self, namespace: str, room: str, sid: str, key: str, meta: dict[str, Any], *, moved: bool = False) -> None:
         self.hub.applied(namespace, room, key, self.counts.add(namespace, room, sid, key, meta), joiner=sid)
 
     def remove(self, namespace: str, room: str, sid: str, key: str) -> None:
@@ -277,9 +279,15 @@ class PresenceHub:
 
     def _adopt(self, conn: Connection) -> None:
         for namespace in conn.namespaces:
-            if self.enabled(namespace):
-                for room in sorted(self._registry.rooms(namespace, conn.sid)):
-                    self.entered(namespace, conn.sid, room)
+            options = self.options.get(namespace)
+            if options is None:
+                continue
+            for room in sorted(self._registry.rooms(namespace, conn.sid)):
+                if room != conn.sid and options.tracks(room):
+                    try:
+                        self._track(namespace, room, conn.sid, None, moved=True)
+                    except Exception:
+                        logger.exception("presence of %s in room %r not taken over", conn.sid, room)
 
     def ended(self, sid: str) -> None:
         """A session ended (closed, expired, kicked): every presence of it goes."""
@@ -386,7 +394,7 @@ class PresenceHub:
             for room, (key, meta) in rooms.items()
         ]
 
-    def _track(self, namespace: str, room: str, sid: str, meta: dict[str, Any] | None) -> None:
+    def _track(self, namespace: str, room: str, sid: str, meta: dict[str, Any] | None, *, moved: bool = False) -> None:
         options = self.options[namespace]
         tracked = self._tracked.setdefault((namespace, sid), {})
         if room in tracked:
@@ -401,7 +409,7 @@ class PresenceHub:
         self._room_sids.setdefault((namespace, room), set()).add(sid)
         self.views.setdefault((namespace, room), RoomView(room))
         self._awaiting.add((namespace, room, sid))  # no diff before its state
-        self.store.add(namespace, room, sid, key, dict(meta))
+        self.store.add(namespace, room, sid, key, dict(meta), moved=moved)
 
     def _untrack(self, namespace: str, room: str, sid: str) -> None:
         rooms = self._tracked.get((namespace, sid))

@@ -193,10 +193,10 @@ class RedisPresence:
 
     # -- Changes (the hub applies them at once, Redis decides, every node is told) ----------
 
-    def add(self, namespace: str, room: str, sid: str, key: str, meta: dict[str, Any]) -> None:
+    def add(self, namespace: str, room: str, sid: str, key: str, meta: dict[str, Any], *, moved: bool = False) -> None:
         view = self.hub.views.get((namespace, room))
         first = view is not None and view.rev == 0  # a view just created: it needs the room's members
-        if view is not None and not first:
+        if view is not None and not first and not moved:
             # Shown here at once, so that this node's observers see the join before any message
             # of the member; Redis corrects the connection count when it answers.
             known = view.members.get(key)

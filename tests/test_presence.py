@@ -88,6 +88,13 @@ class Peer:
             if test(frame):
                 return frame
 
+    async def find(self, test: Callable[[dict[str, Any]], bool], timeout: float = 5) -> dict[str, Any]:
+        """The first frame received so far that passes ``test``, or the next one."""
+        for frame in self.frames:
+            if test(frame):
+                return frame
+        return await self.until(test, timeout)
+
     async def call(self, event: str, data: Any) -> dict[str, Any]:
         self.ids += 1
         ident = self.ids
