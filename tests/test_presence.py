@@ -464,3 +464,27 @@ async def test_a_lost_diff_makes_the_client_resynchronise(opened: Any) -> None:
             await until(lambda: lobby.members == members)
             assert relay.dropped is not None and lobby.resyncs == 1
             assert set(lobby.members) == {"reader", "p0", "p1", "p2", "p3"}
+
+
+def test_the_readme_example_runs_as_written() -> None:
+    """examples/presence.py (quoted in README.md) prints one join per key, the counts, one leave."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    result = subprocess.run(
+        [sys.executable, "examples/presence.py"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0, result.stderr
+    assert lines[0] == "join alice {'meta': {}, 'conns': 1}"
+    assert [line.split()[:2] for line in lines].count(["join", "bob"]) == 1
+    assert "members ['alice', 'bob'] {'users': 2, 'connections': 3}" in lines
+    assert lines[-2:] == ["leave bob", "members ['alice'] {'users': 1, 'connections': 1}"]
