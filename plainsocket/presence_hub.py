@@ -102,6 +102,7 @@ class PresenceHub:
         self._tracked: dict[
             tuple[str, str], dict[str, tuple[str, dict[str, Any]]]
         ] = {}  # (ns, sid) -> room -> key, meta
+        self._namespaces_of: dict[str, set[str]] = {}  # sid -> namespaces it is tracked in
         self._room_sids: dict[Room, set[str]] = {}  # tracked sids of this node per room
         self._auth: dict[tuple[str, str], Any] = {}
         self._modes: dict[tuple[str, str], str] = {}
@@ -248,10 +249,9 @@ class PresenceHub:
         loop = asyncio.get_running_loop()
         self._cancel_grace(sid)
         handles = []
-        for (namespace, tracked_sid), rooms in self._tracked.items():
-            if tracked_sid == sid and rooms:
-                grace = min(self.options[namespace].grace, window)
-                handles.append(loop.call_later(grace, self._lapse, namespace, sid))
+        for namespace in self._namespaces_of.get(sid, ()):
+            grace = min(self.options[namespace].grace, window)
+            handles.append(loop.call_later(grace, self._lapse, namespace, sid))
         if handles:
             self._grace[sid] = handles
 
@@ -259,7 +259,7 @@ class PresenceHub:
         """A kept session resumed here: quiet within the grace, a join for what had lapsed."""
         sid = conn.sid
         self._cancel_grace(sid)
-        if not any(tracked_sid == sid for _, tracked_sid in self._tracked) and sid not in self._lapsed:
+        if sid not in self._namespaces_of and sid not in self._lapsed:
             self._adopt(conn)  # moved here from another node: its presence comes along, quietly
             return
         for namespace, room, meta in self._lapsed.pop(sid, ()):
@@ -268,10 +268,8 @@ class PresenceHub:
                     self._track(namespace, room, sid, meta)
                 except Exception:
                     logger.exception("presence of %s in room %r not tracked again", sid, room)
-        for (namespace, tracked_sid), rooms in list(self._tracked.items()):
-            if tracked_sid != sid:
-                continue
-            for room in list(rooms):
+        for namespace in list(self._namespaces_of.get(sid, ())):
+            for room in list(self._tracked.get((namespace, sid), ())):
                 if room not in self._registry.rooms(namespace, sid):
                     self._untrack(namespace, room, sid)
                 else:
@@ -289,12 +287,12 @@ class PresenceHub:
                     except Exception:
                         logger.exception("presence of %s in room %r not taken over", conn.sid, room)
 
-    def ended(self, sid: str) -> None:
-        """A session ended (closed, expired, kicked): every presence of it goes."""
+    def ended(self, sid: str, namespaces: Iterable[str]) -> None:
+        """A session of ``namespaces`` ended (closed, expired, kicked): every presence of it goes."""
         self._cancel_grace(sid)
         self._lapsed.pop(sid, None)
-        for namespace, tracked_sid in [k for k in self._tracked if k[1] == sid]:
-            self.left_namespace(namespace, tracked_sid)
+        for namespace in {*namespaces, *self._namespaces_of.get(sid, ())}:
+            self.left_namespace(namespace, sid)
 
     def handed_over(self, sid: str) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
         """The session moves to another node: forget it here without a leave.
@@ -303,13 +301,11 @@ class PresenceHub:
         """
         self._cancel_grace(sid)
         metas: dict[str, dict[str, Any]] = {}
-        for (namespace, tracked_sid), rooms in list(self._tracked.items()):
-            if tracked_sid != sid:
-                continue
+        for namespace in self._namespaces_of.pop(sid, ()):
+            rooms = self._tracked.pop((namespace, sid))
             metas[namespace] = {room: meta for room, (_, meta) in rooms.items()}
-            for room in list(rooms):
+            for room in rooms:
                 self._forget_local(namespace, room, sid)
-            del self._tracked[(namespace, sid)]
         lapsed: dict[str, list[str]] = {}
         for namespace, room, _ in self._lapsed.pop(sid, ()):
             lapsed.setdefault(namespace, []).append(room)
@@ -347,6 +343,12 @@ class PresenceHub:
         if envelope.event == PRESENCE_UPDATE:
             return self._update_from(conn, namespace, room, data)
         raise PresenceError("invalid_presence", f"unknown presence request {envelope.event!r}")
+
+    def stop(self) -> None:
+        """The server stops: the cluster store stops sweeping."""
+        stop = getattr(self.store, "stop", None)
+        if stop is not None:
+            stop()
 
     def health(self) -> dict[str, int]:
         return {
@@ -396,8 +398,7 @@ class PresenceHub:
 
     def _track(self, namespace: str, room: str, sid: str, meta: dict[str, Any] | None, *, moved: bool = False) -> None:
         options = self.options[namespace]
-        tracked = self._tracked.setdefault((namespace, sid), {})
-        if room in tracked:
+        if room in self._tracked.get((namespace, sid), ()):
             return
         conn = self._connections.get(sid)
         auth = self._auth.get((namespace, sid), None if conn is None else (conn.auth or {}).get(namespace))
@@ -405,7 +406,8 @@ class PresenceHub:
         key = check_key(options.key(member))
         meta = options.meta(member) if meta is None else meta
         check_meta(meta, options.max_meta)
-        tracked[room] = (key, meta)
+        self._tracked.setdefault((namespace, sid), {})[room] = (key, meta)
+        self._namespaces_of.setdefault(sid, set()).add(namespace)
         self._room_sids.setdefault((namespace, room), set()).add(sid)
         self.views.setdefault((namespace, room), RoomView(room))
         self._awaiting.add((namespace, room, sid))  # no diff before its state
@@ -418,6 +420,10 @@ class PresenceHub:
         key, _ = rooms.pop(room)
         if not rooms:
             del self._tracked[(namespace, sid)]
+            namespaces = self._namespaces_of[sid]
+            namespaces.discard(namespace)
+            if not namespaces:
+                del self._namespaces_of[sid]
         self.store.remove(namespace, room, sid, key)
         self._forget_local(namespace, room, sid)
 

@@ -161,7 +161,7 @@ class Recovery:
         self._fail_pending(conn)
         for namespace in conn.namespaces:
             self.registry.disconnect(namespace, conn.sid)  # in case its handlers still run
-        self.presence.ended(conn.sid)
+        self.presence.ended(conn.sid, conn.namespaces)
         if self._connections.get(conn.sid) is conn:
             del self._connections[conn.sid]
         logger.info("kept session of sid=%s ended: %s", conn.sid, why)

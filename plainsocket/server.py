@@ -926,6 +926,7 @@ class SocketServer(Recovery):
         for task in list(self._tasks):
             task.cancel()
         if self.backplane is not None:
+            self.presence.stop()
             await self.backplane.stop()
         logger.info("server stopped")
 
@@ -1141,6 +1142,8 @@ class SocketServer(Recovery):
         }
         if len(self._connections) >= self.max_connections and not self.recoverable:
             report["status"] = "full"  # every new client is refused: send them elsewhere
+        if self.presence.options:
+            report["presence"] = self.presence.health()
         if self.backplane is not None:
             report["redis"] = self.backplane.health()
             if not self.backplane.link_up:
@@ -1221,7 +1224,7 @@ class SocketServer(Recovery):
         self._forget_token(conn)
         for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
             await self._leave(conn, namespace, reason, notify=False)
-        self.presence.ended(conn.sid)
+        self.presence.ended(conn.sid, ())
         self._connections.pop(conn.sid, None)
         logger.info("disconnect sid=%s address=%s reason=%s", conn.sid, conn.address, reason)
 
