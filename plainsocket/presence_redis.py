@@ -182,6 +182,7 @@ class RedisPresence:
         self.sweeps = 0  # entries of dead nodes this node removed
         self._task: asyncio.Task[None] | None = None
         self._failed = False  # a script did not run: re-assert this node's entries
+        self._differed = False  # Redis did not hold this node's entries at the last tick
 
     def start(self) -> None:
         self.backplane.on_presence = self.received
@@ -244,7 +245,8 @@ class RedisPresence:
 
         self.backplane.enqueue_call(call, finish)
 
-    def _added(self, namespace: str, room: str, sid: str, reply: Any) -> None:
+    def _added(self, namespace: str, room: str, sid: str | None, reply: Any) -> None:
+        """Apply an add's answer; ``sid`` (None when re-asserting) gets the room's state."""
         rev, key, conns, meta = int(reply[0]), _text(reply[1]), int(reply[2]), _meta(reply[3])
         if len(reply) > 4:
             counts, metas = _pairs(reply[4]), _pairs(reply[5])
@@ -324,17 +326,39 @@ class RedisPresence:
         return removed
 
     async def _reassert_if_swept(self) -> None:
-        """Put this node's entries back when Redis lost them (a partition, a Redis restart)."""
-        entries = self.hub.tracked_entries()
-        owned = int(await self.backplane.redis.scard(f"{self.prefix}:node:{self.backplane.node}"))
-        if not self._failed and owned >= len(entries):
+        """Make Redis hold exactly this node's entries again after it lost some (a partition, a
+        Redis restart, a script that did not run): put back what is missing, remove what is stale.
+
+        A shortfall must be seen on two ticks in a row: entries whose scripts are still queued
+        are not in Redis yet.
+        """
+        entries = {
+            f"{room_id(namespace, room)}\n{sid}": (namespace, room, sid, key, meta)
+            for namespace, room, sid, key, meta in self.hub.tracked_entries()
+        }
+        owner = f"{self.prefix}:node:{self.backplane.node}"
+        owned = {_text(member) for member in await self.backplane.redis.smembers(owner)}
+        differs = owned != set(entries)
+        if not differs or not (self._failed or self._differed):
+            self._differed = differs
             return
-        self._failed = False
-        if entries:
-            logger.warning("presence: putting back %d entries of this node", len(entries))
-        for namespace, room, sid, key, meta in entries:
+        self._failed = self._differed = False
+        missing = [entries[member] for member in set(entries) - owned]
+        stale = owned - set(entries)
+        logger.warning(
+            "presence: putting back %d entries of this node, removing %d stale ones", len(missing), len(stale)
+        )
+        for namespace, room, sid, key, meta in missing:
             args = (self.backplane.node, room_id(namespace, room), namespace, room, sid, key, _json(meta), "1")
-            self._run(ADD, args, lambda reply, ns=namespace, r=room, s=sid: self._added(ns, r, s, reply))
+            self._run(ADD, args, lambda reply, ns=namespace, r=room: self._added(ns, r, None, reply))
+        for member in stale:
+            rid, _, sid = member.partition("\n")
+            try:
+                namespace, room = json.loads(rid)
+            except (ValueError, TypeError):
+                continue
+            args = (self.backplane.node, rid, namespace, room, sid)
+            self._run(REMOVE, args, lambda reply, ns=namespace, r=room: self._changed(ns, r, reply))
 
 
 def _json(meta: dict[str, Any]) -> str:

@@ -214,3 +214,24 @@ async def test_join_always_before_the_member_s_message_across_nodes(redis_server
             await observer.until(diff_with("leaves", "xavier"))
         for peer in [*observers, x]:
             peer.wire.abort()  # now, while the loop runs
+
+
+async def test_entries_lost_by_redis_are_put_back(redis_server: Any, opened: Any) -> None:
+    """Redis forgets everything (FLUSHALL): each node puts its members back, and observers are told nothing."""
+    async with nodes(redis_server.url, 2) as [(a, url_a), (_, url_b)]:
+        peers = [await Peer.open(url, opened, f"p{n}{i}") for n, url in enumerate((url_a, url_b)) for i in range(3)]
+        for peer in peers:
+            await peer.enter("room:1")
+        store = redis.Redis.from_url(redis_server.url)
+        key = 'plainsocket:presence:r:["/chat","room:1"]:k'
+        await until(lambda: store.hlen(key) == 6)
+        for peer in peers:
+            await peer.find(lambda f: f["event"].startswith("presence_") and f["data"]["count"]["users"] == 6)
+            peer.frames.clear()
+        store.flushall()
+        await until(lambda: store.hlen(key) == 6, timeout=8)
+        assert await a.presence.count("room:1", namespace="/chat") == {"users": 6, "connections": 6}
+        for peer in peers:
+            assert await peer.wire.silent(0.3)
+        for peer in peers:
+            peer.wire.abort()

@@ -302,7 +302,7 @@ class Namespace {
    * `socket.presence('lobby', { namespace: '/chat' })` or `chat.presence('lobby')`.
    */
   presence(room, { namespace = this.name } = {}) {
-    const ns = namespace === this.name ? this : this.manager.namespace(namespace);
+    const ns = namespace === this.name ? this : this.manager.namespaces.get(namespace) ?? this.manager.namespace(namespace, null);
     ns.presences ??= new Map();
     if (!ns.presences.has(room)) ns.presences.set(room, new Presence(ns, room));
     return ns.presences.get(room);
