@@ -388,6 +388,10 @@ class PresenceHub:
             if view.pending:
                 self._changed((namespace, room))
 
+    def awaits_state(self, namespace: str, room: str, sid: str) -> bool:
+        """Whether ``sid`` still waits for the state of ``room`` (its add has not been answered)."""
+        return (namespace, room, sid) in self._awaiting
+
     def tracked_entries(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
         """Every (namespace, room, sid, key, meta) tracked on this node (to re-assert them)."""
         return [

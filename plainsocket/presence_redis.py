@@ -350,7 +350,8 @@ class RedisPresence:
         )
         for namespace, room, sid, key, meta in missing:
             args = (self.backplane.node, room_id(namespace, room), namespace, room, sid, key, _json(meta), "1")
-            self._run(ADD, args, lambda reply, ns=namespace, r=room: self._added(ns, r, None, reply))
+            joiner = sid if self.hub.awaits_state(namespace, room, sid) else None  # its add failed
+            self._run(ADD, args, lambda reply, ns=namespace, r=room, s=joiner: self._added(ns, r, s, reply))
         for member in stale:
             rid, _, sid = member.partition("\n")
             try:

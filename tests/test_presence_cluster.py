@@ -235,3 +235,30 @@ async def test_entries_lost_by_redis_are_put_back(redis_server: Any, opened: Any
             assert await peer.wire.silent(0.3)
         for peer in peers:
             peer.wire.abort()
+
+
+async def test_a_10000_member_room_is_capped_and_paged_once_per_key(redis_server: Any) -> None:
+    """10,000 members held by another live node: the state has 1,000 and the count; paging lists each once."""
+    from plainsocket.client import Client
+    from plainsocket.presence_redis import ADD, EMPTY_ROOM_TTL, room_id
+
+    async with nodes(redis_server.url, 1) as [(node, url)], Client(url) as client:
+        store = redis.Redis.from_url(redis_server.url)
+        store.set("plainsocket:node:elsewhere", "{}", px=60_000)  # a live node, as far as the sweep can tell
+        pipe = store.pipeline(transaction=False)
+        rid = room_id("/chat", "room:big")
+        for i in range(10_000):
+            args = ("elsewhere", rid, "/chat", "room:big", f"sid{i}", f"k{i:05}", "{}", "0")
+            pipe.eval(ADD, 0, "plainsocket:presence", "plainsocket", str(EMPTY_ROOM_TTL), *args)
+        await asyncio.to_thread(pipe.execute)  # in a thread: the node's loop keeps running
+        chat = await client.connect("/chat", auth={"name": "reader"})
+        big = chat.presence("room:big")
+        joined: list[str] = []
+        big.on("join", lambda key, entry: joined.append(key))
+        await chat.call("join", "room:big")
+        await big.synced()
+        assert len(big.members) == 1000 and big.count == {"users": 10_001, "connections": 10_001}
+        await big.load_all()
+        assert sorted(joined) == sorted([f"k{i:05}" for i in range(10_000)] + ["reader"])
+        members, cursor = await node.presence.list("room:big", namespace="/chat", limit=1000)
+        assert len(members) == 1000 and cursor is not None
