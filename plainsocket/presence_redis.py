@@ -183,10 +183,18 @@ class RedisPresence:
         self._task: asyncio.Task[None] | None = None
         self._failed = False  # a script did not run: re-assert this node's entries
         self._differed = False  # Redis did not hold this node's entries at the last tick
+        self._sha: dict[str, str] = {}
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """Load the scripts into Redis, listen for changes, start sweeping."""
+        await self._load_scripts()
         self.backplane.on_presence = self.received
         self._task = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def _load_scripts(self) -> None:
+        # EVALSHA in the publish pipeline: a change costs its arguments, not the script's text.
+        for script in (ADD, REMOVE, UPDATE):
+            self._sha[script] = _text(await self.backplane.redis.script_load(script))
 
     def stop(self) -> None:
         if self._task is not None:
@@ -235,7 +243,7 @@ class RedisPresence:
         common = (self.prefix, self.backplane.channel, str(EMPTY_ROOM_TTL))
 
         def call(pipe: Any) -> None:
-            pipe.eval(script, 0, *common, *args)
+            pipe.evalsha(self._sha[script], 0, *common, *args)
 
         def finish(reply: Any) -> None:
             if isinstance(reply, BaseException):
@@ -302,6 +310,8 @@ class RedisPresence:
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
+                if self._failed:
+                    await self._load_scripts()  # a restarted Redis forgot them (NOSCRIPT)
                 await self.sweep()
                 await self._reassert_if_swept()
             except (redis.RedisError, OSError, TimeoutError) as exc:

@@ -875,7 +875,7 @@ class SocketServer(Recovery):
                 from .presence_redis import RedisPresence
 
                 self.presence.store = RedisPresence(self.presence, self.backplane)
-                self.presence.store.start()
+                await self.presence.store.start()
         self._server = await serve(
             self._serve,
             None if sock else host,

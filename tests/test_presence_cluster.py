@@ -262,3 +262,46 @@ async def test_a_10000_member_room_is_capped_and_paged_once_per_key(redis_server
         assert sorted(joined) == sorted([f"k{i:05}" for i in range(10_000)] + ["reader"])
         members, cursor = await node.presence.list("room:big", namespace="/chat", limit=1000)
         assert len(members) == 1000 and cursor is not None
+
+
+async def test_a_burst_of_1000_joins_across_nodes_reaches_100_observers_in_few_frames(
+    redis_server: Any, opened: Any
+) -> None:
+    """1,000 joins paced over 2 s on two nodes, 50 observers on each: at most 20 diffs each, exactly the 1,000 keys.
+
+    Both nodes and every client share this process (and 2 cores), hence fewer observers than the
+    single-process test's 200: starved of CPU, a node's publishes to Redis time out.
+    """
+    async with nodes(redis_server.url, 2) as [(_, url_a), (_, url_b)]:
+        urls = (url_a, url_b)
+        observers = [await Peer.open(urls[i % 2], opened, f"o{i:03}") for i in range(100)]
+        for observer in observers:
+            await observer.enter("room:big")
+
+        def everyone(frame: dict[str, Any]) -> bool:
+            return frame["event"].startswith("presence_") and frame["data"]["count"]["users"] == 100
+
+        for observer in observers:
+            await observer.find(everyone)
+            observer.frames.clear()
+        joiners: list[Peer] = []
+        for chunk in range(10):
+            group = (Peer.open(urls[i % 2], opened, f"j{chunk * 100 + i:04}") for i in range(100))
+            joiners += await asyncio.gather(*group)
+        started = asyncio.get_running_loop().time()
+        for batch in range(20):
+            for peer in joiners[batch * 50 : batch * 50 + 50]:
+                await peer.wire.send("join", "room:big", "/chat", 1)
+            await asyncio.sleep(0.1)
+        expected = {f"j{i:04}" for i in range(1000)}
+        for observer in observers:
+            while set(observer.joined()) != expected:
+                await observer.next(timeout=10)
+        elapsed = asyncio.get_running_loop().time() - started
+        counts = [len(observer.presence()) for observer in observers]
+        print(f"cluster burst: all 1000 joins seen after {elapsed:.1f} s; diffs per observer max {max(counts)}")
+        assert max(counts) <= 20
+        for observer in observers:
+            assert sorted(observer.joined()) == sorted(expected), "each key joined exactly once"
+        for peer in observers + joiners:
+            peer.wire.abort()
