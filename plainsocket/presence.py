@@ -229,13 +229,17 @@ class RoomView:
             self.connections += entry.conns
         self.rev += 1
 
-    def reset(self, members: Mapping[str, Entry], source_rev: int) -> None:
+    def reset(self, members: Mapping[str, Entry], source_rev: int, keep: Iterable[str] = ()) -> None:
         """Take a snapshot of the source at ``source_rev``: what differs becomes the next diff.
 
         Changes newer than the snapshot, applied already, stay; older ones are ignored from now on.
+        Keys in ``keep`` stay as they are, and take the next change of any revision.
         """
+        kept = set(keep)
+        for key in kept:
+            self.sources[key] = 0
         for key in set(self.members) | set(members):
-            if self.sources.get(key, 0) > source_rev:
+            if key in kept or self.sources.get(key, 0) > source_rev:
                 continue
             self.sources[key] = source_rev
             old, entry = self.members.get(key), members.get(key)

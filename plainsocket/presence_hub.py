@@ -380,13 +380,21 @@ class PresenceHub:
             if conn is not None and not conn.detached:
                 self._send_state(namespace, room, conn)
 
-    def loaded(self, namespace: str, room: str, members: Mapping[str, Entry], source_rev: int) -> None:
-        """Replace a view's members with a snapshot of the store at ``source_rev``."""
+    def loaded(
+        self, namespace: str, room: str, members: Mapping[str, Entry], source_rev: int, keep: Iterable[str] = ()
+    ) -> None:
+        """Replace a view's members with a snapshot of the store at ``source_rev`` (but the keys of ``keep``)."""
         view = self.views.get((namespace, room))
         if view is not None:
-            view.reset(members, source_rev)
+            view.reset(members, source_rev, keep)
             if view.pending:
                 self._changed((namespace, room))
+
+    def greet(self, namespace: str, room: str, sid: str) -> None:
+        """Send ``room``'s state to ``sid``, present there (the store has the room's members now)."""
+        conn = self._connections.get(sid)
+        if conn is not None and not conn.detached and room in self._tracked.get((namespace, sid), ()):
+            self._send_state(namespace, room, conn)
 
     def awaits_state(self, namespace: str, room: str, sid: str) -> bool:
         """Whether ``sid`` still waits for the state of ``room`` (its add has not been answered)."""

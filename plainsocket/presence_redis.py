@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("plainsocket.presence")
 
-SWEEP_INTERVAL = 1.0  # seconds between two looks for dead nodes
+SWEEP_INTERVAL = 1.0  # seconds between two looks for dead nodes (one is swept at its second)
 SWEEP_BATCH = 500  # entries one script call removes: Redis is never blocked for long
 EMPTY_ROOM_TTL = 86_400  # an empty room's revision is kept this long (revisions never go back)
 
@@ -144,14 +144,22 @@ return {rev, key, conns, meta}
 """
 )
 
-# ARGV: P, ch, ttl, node, heartbeat key prefix, batch
+# ARGV: P, ch, ttl, node, heartbeat key prefix, batch, suspects...
+# A node is swept when its heartbeat key is gone now and was gone at the previous look too
+# (it is a suspect): one late heartbeat of a stalled but live node costs nothing.
 SWEEP = (
     _LIB
     + r"""
 local node, beat, batch = ARGV[4], ARGV[5], tonumber(ARGV[6])
+local suspects = {}
+for i = 7, #ARGV do suspects[ARGV[i]] = true end
 local removed = 0
+local missing = {}
 for _, dead in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
-  if redis.call('EXISTS', beat .. dead) == 0 then
+  if redis.call('EXISTS', beat .. dead) == 0 then table.insert(missing, dead) end
+end
+for _, dead in ipairs(missing) do
+  if suspects[dead] and removed < batch then
     local owned = P .. ':node:' .. dead
     for _, entry in ipairs(redis.call('SRANDMEMBER', owned, batch)) do
       local rid, sid = split(entry)
@@ -160,10 +168,9 @@ for _, dead in ipairs(redis.call('SMEMBERS', P .. ':nodes')) do
       removed = removed + 1
     end
     if redis.call('SCARD', owned) == 0 then redis.call('SREM', P .. ':nodes', dead) end
-    if removed >= batch then break end
   end
 end
-return removed
+return {removed, missing}
 """
 )
 
@@ -184,6 +191,9 @@ class RedisPresence:
         self._failed = False  # a script did not run: re-assert this node's entries
         self._differed = False  # Redis did not hold this node's entries at the last tick
         self._sha: dict[str, str] = {}
+        self._suspects: list[str] = []  # nodes whose heartbeat key was gone at the last sweep
+        self._inflight: dict[tuple[str, str, str], int] = {}  # (ns, room, key) -> local changes unanswered
+        self._deferred: dict[tuple[str, str, str], tuple[int, Entry | None]] = {}  # the newest that came meanwhile
 
     async def start(self) -> None:
         """Load the scripts into Redis, listen for changes, start sweeping."""
@@ -211,17 +221,10 @@ class RedisPresence:
             known = view.members.get(key)
             guess = Entry(known.meta if known else meta, (known.conns if known else 0) + 1)
             self.hub.applied(namespace, room, key, guess)
-        args = (
-            self.backplane.node,
-            room_id(namespace, room),
-            namespace,
-            room,
-            sid,
-            key,
-            _json(meta),
-            "1" if first else "0",
-        )
-        self._run(ADD, args, lambda reply: self._added(namespace, room, sid, reply))
+        name = self._local(namespace, room, key)
+        snapshot = "1" if first else "0"
+        args = (self.backplane.node, room_id(namespace, room), namespace, room, sid, key, _json(meta), snapshot)
+        self._run(ADD, args, name, lambda reply: self._added(name, reply), lambda: self.hub.greet(namespace, room, sid))
 
     def remove(self, namespace: str, room: str, sid: str, key: str) -> None:
         view = self.hub.views.get((namespace, room))
@@ -229,51 +232,103 @@ class RedisPresence:
             known = view.members.get(key)
             if known is not None:
                 self.hub.applied(namespace, room, key, Entry(known.meta, known.conns - 1) if known.conns > 1 else None)
+        name = self._local(namespace, room, key)
         args = (self.backplane.node, room_id(namespace, room), namespace, room, sid)
-        self._run(REMOVE, args, lambda reply: self._changed(namespace, room, reply))
+        self._run(REMOVE, args, name, lambda reply: self._changed(name, reply))
 
     def update(self, namespace: str, room: str, key: str, meta: dict[str, Any]) -> None:
         view = self.hub.views.get((namespace, room))
         if view is not None and key in view.members:
             self.hub.applied(namespace, room, key, Entry(meta, view.members[key].conns))
+        name = self._local(namespace, room, key)
         args = (self.backplane.node, room_id(namespace, room), namespace, room, key, _json(meta))
-        self._run(UPDATE, args, lambda reply: self._changed(namespace, room, reply))
+        self._run(UPDATE, args, name, lambda reply: self._changed(name, reply))
 
-    def _run(self, script: str, args: tuple[str, ...], done: Callable[[Any], None]) -> None:
+    def _local(self, namespace: str, room: str, key: str) -> tuple[str, str, str]:
+        """Count a change of ``key`` made here and not answered yet.
+
+        Until every such change is answered, what this node shows for the key is its own guess:
+        an older answer (or another node's change) arriving meanwhile must not undo a newer local
+        change, or an observer here could see the member leave between its join and its message.
+        The newest of what arrived is applied when the last answer comes.
+        """
+        name = (namespace, room, key)
+        self._inflight[name] = self._inflight.get(name, 0) + 1
+        return name
+
+    def _keep(self, name: tuple[str, str, str], rev: int, entry: Entry | None) -> None:
+        """Apply an answer or a published change, or keep it while local changes of the key are unanswered."""
+        if name in self._inflight:
+            self._defer(name, rev, entry)
+        else:
+            self.hub.applied(*name, entry, source_rev=rev)
+
+    def _defer(self, name: tuple[str, str, str], rev: int, entry: Entry | None) -> None:
+        latest = self._deferred.get(name)
+        if latest is None or rev > latest[0]:
+            self._deferred[name] = (rev, entry)
+
+    def _settle(self, name: tuple[str, str, str]) -> None:
+        left = self._inflight.get(name, 0) - 1
+        if left > 0:
+            self._inflight[name] = left
+            return
+        self._inflight.pop(name, None)
+        latest = self._deferred.pop(name, None)
+        if latest is not None:
+            namespace, room, key = name
+            self.hub.applied(namespace, room, key, latest[1], source_rev=latest[0])
+
+    def _run(
+        self,
+        script: str,
+        args: tuple[str, ...],
+        name: tuple[str, str, str],
+        done: Callable[[Any], None],
+        after: Callable[[], None] | None = None,
+    ) -> None:
         common = (self.prefix, self.backplane.channel, str(EMPTY_ROOM_TTL))
 
         def call(pipe: Any) -> None:
             pipe.evalsha(self._sha[script], 0, *common, *args)
 
         def finish(reply: Any) -> None:
-            if isinstance(reply, BaseException):
+            failed = isinstance(reply, BaseException)
+            if failed:
                 self._failed = True  # the next sweep tick puts this node's entries back
-                return
-            done(reply)
+            else:
+                done(reply)
+            self._settle(name)
+            if after is not None and not failed:
+                after()
 
         self.backplane.enqueue_call(call, finish)
 
-    def _added(self, namespace: str, room: str, sid: str | None, reply: Any) -> None:
-        """Apply an add's answer; ``sid`` (None when re-asserting) gets the room's state."""
+    def _added(self, name: tuple[str, str, str], reply: Any) -> None:
+        """Keep an add's answer (and take the room's members from it when it has them)."""
+        namespace, room, _ = name
         rev, key, conns, meta = int(reply[0]), _text(reply[1]), int(reply[2]), _meta(reply[3])
         if len(reply) > 4:
             counts, metas = _pairs(reply[4]), _pairs(reply[5])
             members = {k: Entry(_meta(metas.get(k)), int(c)) for k, c in counts.items()}
-            self.hub.loaded(namespace, room, members, rev)
-        self.hub.applied(namespace, room, key, Entry(meta, conns) if conns else None, source_rev=rev, joiner=sid)
+            guessed = [k for ns, r, k in self._inflight if (ns, r) == (namespace, room)]
+            for k in guessed:
+                self._defer((namespace, room, k), rev, members.get(k))  # this node's guess until answered
+            self.hub.loaded(namespace, room, members, rev, keep=guessed)
+        self._keep((namespace, room, key), rev, Entry(meta, conns) if conns else None)
 
-    def _changed(self, namespace: str, room: str, reply: Any) -> None:
+    def _changed(self, name: tuple[str, str, str], reply: Any) -> None:
         if not reply:
             return
+        namespace, room, _ = name
         rev, key, conns = int(reply[0]), _text(reply[1]), int(reply[2])
-        entry = Entry(_meta(reply[3]), conns) if conns else None
-        self.hub.applied(namespace, room, key, entry, source_rev=rev)
+        self._keep((namespace, room, key), rev, Entry(_meta(reply[3]), conns) if conns else None)
 
     def received(self, message: dict[str, Any]) -> None:
         """Apply a change another node (or this one) published; older ones are ignored."""
         meta = message.get("meta")
         entry = Entry(meta if isinstance(meta, dict) else {}, message["conns"]) if message["conns"] > 0 else None
-        self.hub.applied(message["namespace"], message["room"], message["key"], entry, source_rev=message["rev"])
+        self._keep((message["namespace"], message["room"], message["key"]), message["rev"], entry)
 
     # -- Reading a room this node does not mirror --------------------------------------------
 
@@ -323,13 +378,15 @@ class RedisPresence:
     async def sweep(self) -> int:
         """Remove the entries of nodes whose heartbeat expired (their leaves are published)."""
         removed = 0
+        common = (self.prefix, self.backplane.channel, str(EMPTY_ROOM_TTL))
+        beat = f"{self.backplane.channel}:node:"  # the backplane's heartbeat keys
         for _ in range(100):  # bounded: at most 50,000 entries per tick
-            common = (self.prefix, self.backplane.channel, str(EMPTY_ROOM_TTL))
-            beat = f"{self.backplane.channel}:node:"  # the backplane's heartbeat keys
-            count = int(await self.backplane.redis.eval(SWEEP, 0, *common, self.backplane.node, beat, SWEEP_BATCH))
-            removed += count
-            if count < SWEEP_BATCH:
+            args = (self.backplane.node, beat, SWEEP_BATCH, *self._suspects)
+            count, missing = await self.backplane.redis.eval(SWEEP, 0, *common, *args)
+            removed += int(count)
+            if int(count) < SWEEP_BATCH:
                 break
+        self._suspects = sorted(_text(node) for node in missing)
         if removed:
             self.sweeps += removed
             logger.info("presence: removed %d entries of stopped nodes", removed)
@@ -360,8 +417,15 @@ class RedisPresence:
         )
         for namespace, room, sid, key, meta in missing:
             args = (self.backplane.node, room_id(namespace, room), namespace, room, sid, key, _json(meta), "1")
-            joiner = sid if self.hub.awaits_state(namespace, room, sid) else None  # its add failed
-            self._run(ADD, args, lambda reply, ns=namespace, r=room, s=joiner: self._added(ns, r, s, reply))
+            name = self._local(namespace, room, key)
+            greet = self.hub.awaits_state(namespace, room, sid)  # its own add failed: no state yet
+            self._run(
+                ADD,
+                args,
+                name,
+                lambda reply, n=name: self._added(n, reply),
+                (lambda ns=namespace, r=room, s=sid: self.hub.greet(ns, r, s)) if greet else None,
+            )
         for member in stale:
             rid, _, sid = member.partition("\n")
             try:
@@ -369,7 +433,8 @@ class RedisPresence:
             except (ValueError, TypeError):
                 continue
             args = (self.backplane.node, rid, namespace, room, sid)
-            self._run(REMOVE, args, lambda reply, ns=namespace, r=room: self._changed(ns, r, reply))
+            name = self._local(namespace, room, "\0" + sid)  # its key is in the answer only
+            self._run(REMOVE, args, name, lambda reply, n=name: self._changed(n, reply))
 
 
 def _json(meta: dict[str, Any]) -> str:
