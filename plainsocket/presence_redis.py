@@ -16,9 +16,10 @@ Keys, per room (``rid`` is ``["/ns","room"]`` in compact JSON)::
     {channel}:presence:nodes        SET   nodes that own entries
 
 A node that stops heart-beating (``{channel}:node:{node}`` expires: 3 heartbeats) is swept by
-any live node within a second: its entries go, with their leaves published. The same sweep
-clears what a whole cluster left behind when it was killed. A node that finds its entries
-swept while it was cut off from Redis puts them back (its members join again).
+any live node one to two seconds later (its key gone at two looks in a row): its entries go,
+with their leaves published. The same sweep clears what a whole cluster left behind when it
+was killed. A node whose entries Redis lost (swept while it was cut off, a Redis restart, a
+script that failed) puts them back, and removes the stale ones.
 
 Published changes (validated by the backplane like every message)::
 
