@@ -407,15 +407,19 @@ class RedisPresence:
         owner = f"{self.prefix}:node:{self.backplane.node}"
         owned = {_text(member) for member in await self.backplane.redis.smembers(owner)}
         differs = owned != set(entries)
-        if not differs or not (self._failed or self._differed):
+        # Members whose add failed (its answer timed out, perhaps after it ran) still wait for
+        # the room's state: adding again is harmless and answers with it.
+        waiting = {m for m, (ns, room, sid, _, _) in entries.items() if self.hub.awaits_state(ns, room, sid)}
+        if not (differs or (self._failed and waiting)) or not (self._failed or self._differed):
             self._differed = differs
             return
         self._failed = self._differed = False
-        missing = [entries[member] for member in set(entries) - owned]
+        missing = [entries[member] for member in (set(entries) - owned) | waiting]
         stale = owned - set(entries)
-        logger.warning(
-            "presence: putting back %d entries of this node, removing %d stale ones", len(missing), len(stale)
-        )
+        if differs:
+            logger.warning(
+                "presence: putting back %d entries of this node, removing %d stale ones", len(missing), len(stale)
+            )
         for namespace, room, sid, key, meta in missing:
             args = (self.backplane.node, room_id(namespace, room), namespace, room, sid, key, _json(meta), "1")
             name = self._local(namespace, room, key)
