@@ -294,22 +294,17 @@ class PresenceHub:
         for namespace in {*namespaces, *self._namespaces_of.get(sid, ())}:
             self.left_namespace(namespace, sid)
 
-    def handed_over(self, sid: str) -> tuple[dict[str, dict[str, Any]], dict[str, list[str]]]:
+    def handed_over(self, sid: str) -> None:
         """The session moves to another node: forget it here without a leave.
 
-        Returns its metadata per namespace and room, and its lapsed rooms, for the new node.
+        In a cluster its entries stay in Redis; the node that resumes it makes them its own
+        (a lapsed one joins again there).
         """
         self._cancel_grace(sid)
-        metas: dict[str, dict[str, Any]] = {}
         for namespace in self._namespaces_of.pop(sid, ()):
-            rooms = self._tracked.pop((namespace, sid))
-            metas[namespace] = {room: meta for room, (_, meta) in rooms.items()}
-            for room in rooms:
+            for room in self._tracked.pop((namespace, sid)):
                 self._forget_local(namespace, room, sid)
-        lapsed: dict[str, list[str]] = {}
-        for namespace, room, _ in self._lapsed.pop(sid, ()):
-            lapsed.setdefault(namespace, []).append(room)
-        return metas, lapsed
+        self._lapsed.pop(sid, None)
 
     def before_deliver(self, namespace: str, to: str | Iterable[str] | None) -> None:
         """Send the pending diffs that the recipients of a frame to ``to`` must see before it."""
