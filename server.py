@@ -4,6 +4,11 @@ Namespace ``/test``: ``my event`` is echoed back as ``my response``, ``my broadc
 goes to every client, and the room events show joining, leaving and closing rooms. The page
 at ``/`` is client.html, next to this file.
 
+Presence is on for every room of ``/test``: a member is keyed by the ``name`` of its connect
+auth (``{"name": "alice"}``), else by its sid. A connection receives presence frames once it
+asks with ``presence_mode`` (``{"mode": "full"}`` or ``"count"``): the page does; a plain
+client sees only the demo's own events.
+
 Every flag of ``plainsocket run`` works here (``python server.py --help``), and
 ``python server.py app:socketio`` runs another app instead, as ``plainsocket run`` would.
 """
@@ -14,10 +19,12 @@ import time
 from typing import Any
 
 from plainsocket import SocketServer, close_room, disconnect, emit, join_room, leave_room, request, rooms
+from plainsocket.presence import Member, Presence
 
 
 def create_app(**options: Any) -> SocketServer:
     """Build the demo server; ``options`` go to :class:`SocketServer`."""
+    options.setdefault("presence", {"/test": Presence(rooms="*", key=presence_key, meta=presence_meta, mode="none")})
     socketio = SocketServer(**options)
 
     @socketio.on("my event", namespace="/test")
@@ -68,6 +75,16 @@ def create_app(**options: Any) -> SocketServer:
         print("Client disconnected", request.sid, reason)
 
     return socketio
+
+
+def presence_key(member: Member) -> str:
+    """The ``name`` of the connect auth (at most 64 characters), else the sid."""
+    name = _field(member.auth, "name")
+    return name[:64] if isinstance(name, str) and name.strip() else member.sid
+
+
+def presence_meta(member: Member) -> dict[str, Any]:
+    return {"name": presence_key(member)}
 
 
 def _field(message: Any, name: str) -> Any:

@@ -25,7 +25,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -78,6 +78,8 @@ _SCHEMA: dict[str, dict[str, Any]] = {
     },
     "finish": {"claim_id": str, "reply_to": str, "sid": str, "mark": int},
     "finish_reply": {"claim_id": str, "frames": _STR_LIST},
+    # Published by the presence scripts (presence_redis.py), never by a node itself.
+    "presence": {"namespace": str, "room": str, "rev": int, "key": str, "conns": int, "meta": (dict, type(None))},
 }
 REPLIES = frozenset({"call_reply", "query_reply", "claim_reply", "finish_reply"})
 _NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # node names end up in logs: nothing else gets in
@@ -157,7 +159,9 @@ class RedisBackplane:
         self.missed = 0  # messages from other senders this node never received (sequence gaps)
         self._seq = 0  # numbers this node's cluster-wide messages, so receivers can see gaps
         self._last_seq: dict[str, int] = {}  # sender -> last sequence number received
-        self._queue: deque[tuple[str, str]] = deque()  # (channel, message), published in order
+        # (channel, message) published in order; a channel "" holds a call (presence scripts)
+        self._queue: deque[tuple[str, Any]] = deque()
+        self.on_presence: Callable[[dict[str, Any]], None] | None = None
         self._wakeup = asyncio.Event()
         self._nodes: dict[str, float] = {}  # node -> when its heartbeat was last seen
         self._waiters: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # request id -> its replies
@@ -246,10 +250,16 @@ class RedisBackplane:
             "emit", namespace=namespace, event=event, data=data, to=_as_list(to), skip=_as_list(skip), offset=offset
         )
 
-    def _enqueue(self, channel: str, message: str) -> None:
+    def enqueue_call(self, call: Callable[[Any], None], done: Callable[[Any], None]) -> None:
+        """Queue ``call(pipeline)`` in order with the messages; ``done`` gets its reply (an exception if it failed)."""
+        self._enqueue("", (call, done))
+
+    def _enqueue(self, channel: str, message: Any) -> None:
         if len(self._queue) >= MAX_QUEUE:
-            self._queue.popleft()
+            dropped, item = self._queue.popleft()
             self._count_lost(1, "publish queue full")
+            if not dropped:
+                item[1](BackplaneError("publish queue full"))
         self._queue.append((channel, message))
         self._wakeup.set()
 
@@ -270,7 +280,10 @@ class RedisBackplane:
         expected = len(self.alive_nodes())
         pipe = self.redis.pipeline(transaction=False)
         for channel, message in batch:
-            pipe.publish(channel, message)
+            if channel:
+                pipe.publish(channel, message)
+            else:
+                message[0](pipe)
         broadcast = [channel == self.channel for channel, _ in batch]
         try:
             async with asyncio.timeout(self.publish_timeout):
@@ -278,8 +291,14 @@ class RedisBackplane:
         except (redis.RedisError, OSError, TimeoutError) as exc:
             self._set_link(reachable=False, why=exc)
             self._count_lost(len(batch), f"publish failed: {exc or type(exc).__name__}")
+            for channel, message in batch:
+                if not channel:
+                    message[1](exc)
             return
         self._set_link(reachable=True)
+        for (channel, message), reply in zip(batch, receivers, strict=True):
+            if not channel:
+                message[1](reply)
         missed = sum(1 for count, wide in zip(receivers, broadcast, strict=True) if wide and count < expected)
         if missed:
             self._count_lost(missed, f"fewer than {expected} nodes subscribed")
@@ -350,6 +369,10 @@ class RedisBackplane:
             message = parse_message(raw)
         except BackplaneError as exc:
             logger.warning("dropped an invalid backplane message: %s", exc)
+            return
+        if message["kind"] == "presence":
+            if self.on_presence is not None:  # every node applies it, its own included (idempotent)
+                self.on_presence(message)
             return
         if message["node"] == self.node and message["kind"] != "ping" and message["kind"] not in REPLIES:
             return  # already delivered locally

@@ -109,6 +109,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Origin
 
+from .client_presence import FRAMES as PRESENCE_FRAMES
+from .client_presence import RoomPresence
 from .protocol import (
     ACK,
     CONNECT,
@@ -409,6 +411,7 @@ class Namespace:
         self._inbox = _Inbox(name, queue_limit)
         self._joined = False
         self._auth: Any = None
+        self._presences: dict[str, RoomPresence] = {}
 
     def __repr__(self) -> str:
         return f"<Namespace {self.name} {'connected' if self.connected else 'not connected'}>"
@@ -500,6 +503,13 @@ class Namespace:
                 return await self._inbox.take(match)
         except TimeoutError:
             raise ClientTimeoutError(f"no {what} on {self.name} within {timeout} s") from None
+
+    def presence(self, room: str) -> RoomPresence:
+        """Return the members of presence room ``room``, kept in sync (``plainsocket.client_presence``)."""
+        found = self._presences.get(room)
+        if found is None:
+            found = self._presences[room] = RoomPresence(room, self.call)
+        return found
 
     def _check_joined(self) -> None:
         if not self._joined:
@@ -1299,6 +1309,11 @@ class Client:
     async def _deliver(self, envelope: Envelope) -> None:
         """Queue an event on its namespace and schedule its handler."""
         ns = self.namespace(envelope.namespace)
+        if envelope.event in PRESENCE_FRAMES and isinstance(envelope.data, dict):
+            room = ns._presences.get(envelope.data.get("room"))  # type: ignore[arg-type]
+            if room is not None:
+                room.receive(envelope.event, envelope.data)
+                return
         if envelope.event == DISCONNECT:
             # The server removed us from the namespace (docs/protocol.md, "Leaving").
             ns._joined = False

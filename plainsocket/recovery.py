@@ -117,6 +117,7 @@ class Recovery:
         ``disconnect`` event).
         """
         self._detach(conn, reason)
+        self.presence.dropped(conn.sid, self.recovery_window)  # present for the grace
         conn.dropping = self._spawn(self._notify_drop(conn, reason))
 
     def _detach(self: SocketServer, conn: Connection, reason: str) -> None:
@@ -224,6 +225,7 @@ class Recovery:
         self._fail_pending(conn)
         for namespace in conn.namespaces:
             self.registry.disconnect(namespace, conn.sid)  # in case its handlers still run
+        self.presence.ended(conn.sid, conn.namespaces)
         if self._connections.get(conn.sid) is conn:
             del self._connections[conn.sid]
         self._released.discard(conn.sid)
@@ -305,6 +307,7 @@ class Recovery:
         for frame in frames:
             conn.write(frame)
         conn.resumed = True
+        self.presence.resumed(conn)  # after the replay: fresh presence state, no event within the grace
         logger.info("recovered sid=%s address=%s replayed=%d", conn.sid, conn.address, len(frames))
 
     # -- Handing a session over to another node -----------------------------------------------
@@ -363,6 +366,7 @@ class Recovery:
         if recent > len(log):
             return None
         frames = log[len(log) - recent :] if recent else []
+        self.presence.handed_over(sid)  # no leave: the other node takes its presence over
         self._forget(conn, "handed over to another node")
         return [frame.decode() for frame in frames]
 

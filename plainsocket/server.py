@@ -85,6 +85,8 @@ from .context import (
 )
 from .forwarded import TrustedProxies, client_address, parse_trusted
 from .hosts import AllowedHosts, normalize, parse_allowed
+from .presence import CLIENT_REQUESTS, Presence, PresenceError
+from .presence_hub import PresenceHub
 from .protocol import (
     ACK,
     CONNECT,
@@ -269,6 +271,8 @@ class SocketServer(Recovery):
         channel: str = "plainsocket",
         heartbeat_interval: float = 2.0,
         drain_timeout: float = 5.0,
+        # Presence (off for every namespace not named)
+        presence: Mapping[str, Presence] | None = None,
     ) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -327,6 +331,8 @@ class SocketServer(Recovery):
         self._error_handlers: dict[str, _Handler] = {}
         self._default_error_handler: _Handler | None = None
         self._connections: dict[str, Connection] = {}
+        self.presence = PresenceHub(self._connections, self.registry, self.kept_registry)
+        self.presence.configure(presence)
         self._per_address: dict[str, int] = {}
         self._kept: dict[str, int] = {}  # sessions kept for recovery, per address
         self._server: Server | None = None
@@ -354,6 +360,9 @@ class SocketServer(Recovery):
         for name, value in options.items():
             if name == "self" or name not in known:
                 raise TypeError(f"unknown SocketServer option {name!r}")
+            if name == "presence":
+                self.presence.configure(value)
+                continue
             if name == "static_files":
                 value = {**self.static_files, **value}  # the flag's folders join the app's own files
             setattr(self, name, value)
@@ -507,6 +516,7 @@ class SocketServer(Recovery):
     def _deliver(
         self, namespace: str, frame: bytes, to: str | Iterable[str] | None, skip_sid: str | Iterable[str] | None
     ) -> int:
+        self.presence.before_deliver(namespace, to)  # a member's join reaches observers before its messages
         recipients = self.registry.recipients(namespace, to)
         skipped = None if skip_sid is None else ({skip_sid} if isinstance(skip_sid, str) else set(skip_sid))
         if skipped is not None:
@@ -662,6 +672,7 @@ class SocketServer(Recovery):
             if registry.room_count(namespace, sid) >= self.max_rooms + 1:  # + its own sid room
                 raise LimitExceededError(f"more than {self.max_rooms} rooms")
             registry.enter_room(namespace, sid, room)
+        self.presence.entered(namespace, sid, room)
 
     def _own_drop_handler(self, sid: str) -> bool:
         """Whether this code runs in a handler of ``sid``'s own session while it is being dropped."""
@@ -688,6 +699,7 @@ class SocketServer(Recovery):
             # A disconnect handler's own leave_room is cleanup: the session resumes in the rooms
             # it had at the drop (as Socket.IO persists them before its disconnect event).
             self.kept_registry.leave_room(namespace, sid, room)
+        self.presence.left(namespace, sid, room)
 
     def close_room(self, room: str, *, namespace: str = DEFAULT_NAMESPACE) -> None:
         """Take every member out of ``room``, on every node."""
@@ -697,6 +709,7 @@ class SocketServer(Recovery):
             return
         self.registry.close_room(namespace, room)
         self.kept_registry.close_room(namespace, room)
+        self.presence.room_closed(namespace, room)
         if self.backplane is not None:
             self.backplane.publish("close_room", namespace=namespace, room=room)
 
@@ -764,6 +777,7 @@ class SocketServer(Recovery):
         elif kind == "close_room":
             self.registry.close_room(namespace, message["room"])
             self.kept_registry.close_room(namespace, message["room"])
+            self.presence.room_closed(namespace, message["room"])
         elif kind == "disconnect" and message["sid"] in self._connections:
             self.disconnect(message["sid"], namespace=namespace)
 
@@ -876,6 +890,11 @@ class SocketServer(Recovery):
                 self, self.message_queue, channel=self.channel, heartbeat_interval=self.heartbeat_interval
             )
             await self.backplane.start()
+            if self.presence.options:
+                from .presence_redis import RedisPresence
+
+                self.presence.store = RedisPresence(self.presence, self.backplane)
+                await self.presence.store.start()
         self._server = await serve(
             self._serve,
             None if sock else host,
@@ -933,6 +952,7 @@ class SocketServer(Recovery):
         for task in list(self._tasks):
             task.cancel()
         if self.backplane is not None:
+            self.presence.stop()
             await self.backplane.stop()
         logger.info("server stopped")
 
@@ -1196,6 +1216,8 @@ class SocketServer(Recovery):
         }
         if len(self._connections) >= self.max_connections and not self.recoverable:
             report["status"] = "full"  # every new client is refused: send them elsewhere
+        if self.presence.options:
+            report["presence"] = self.presence.health()
         if self.backplane is not None:
             report["redis"] = self.backplane.health()
             if not self.backplane.link_up:
@@ -1289,6 +1311,7 @@ class SocketServer(Recovery):
         self._forget_token(conn)
         for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
             await self._leave(conn, namespace, reason, notify=False)
+        self.presence.ended(conn.sid, ())
         self._connections.pop(conn.sid, None)
         logger.info("disconnect sid=%s address=%s reason=%s", conn.sid, conn.address, reason)
         self._note_drained(conn.sid)
@@ -1419,6 +1442,9 @@ class SocketServer(Recovery):
         if namespace not in conn.namespaces:
             self._refuse(conn, envelope, "not_connected", f"not connected to namespace {namespace!r}")
             return None
+        if event in CLIENT_REQUESTS and self.presence.enabled(namespace):
+            self._presence_request(conn, envelope)
+            return None
         handlers = self._handlers[namespace]
         # '*' names the catch-all, not an event a client can call it with directly.
         handler = handlers.get(event) if event != "*" else None
@@ -1508,6 +1534,15 @@ class SocketServer(Recovery):
         conn.inflight.add(id)
         return False
 
+    def _presence_request(self, conn: Connection, envelope: Envelope) -> None:
+        try:
+            result = self.presence.request(conn, envelope)
+        except PresenceError as exc:
+            self._refuse(conn, envelope, exc.code, exc.message)
+            return
+        if envelope.id is not None:
+            self._ack(conn, envelope, result)
+
     def _ack(self, conn: Connection, envelope: Envelope, result: Any) -> None:
         try:
             frame = self.frame(ACK, result, envelope.namespace, envelope.id)
@@ -1576,6 +1611,7 @@ class SocketServer(Recovery):
         # client's frames until the handler accepts, so that `connect` comes first.
         self.registry.connect(namespace, conn.sid)
         conn.namespaces.add(namespace)
+        self.presence.connected(namespace, conn.sid, auth)
         if self.recovery_window and auth is not None:
             # Kept for the connect handler that runs again on a resume (no auth comes with it).
             conn.auth = conn.auth or {}
@@ -1636,11 +1672,13 @@ class SocketServer(Recovery):
             conn.auth.pop(namespace, None)
         self.kept_registry.disconnect(namespace, conn.sid)
         self.registry.disconnect(namespace, conn.sid)  # in case its disconnect handler still runs
+        self.presence.left_namespace(namespace, conn.sid)
 
     def _refuse_namespace(self, conn: Connection, namespace: str, refusal: str) -> None:
         """Take ``conn`` out of ``namespace`` after its connect handler refused it."""
         self.kept_registry.disconnect(namespace, conn.sid)  # it may have dropped meanwhile
         self.registry.disconnect(namespace, conn.sid)
+        self.presence.left_namespace(namespace, conn.sid)
         conn.namespaces.discard(namespace)
         conn.sessions.pop(namespace, None)
         if conn.auth is not None:
@@ -1689,6 +1727,7 @@ class SocketServer(Recovery):
             # Even when cancelled; and not if the client joined again while the handler ran.
             if namespace not in conn.namespaces:
                 self.registry.disconnect(namespace, conn.sid)
+                self.presence.left_namespace(namespace, conn.sid)
                 conn.sessions.pop(namespace, None)
                 if conn.auth is not None:
                     conn.auth.pop(namespace, None)

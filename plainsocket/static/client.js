@@ -319,6 +319,17 @@ class Namespace {
     return { called: list.length, first: results[0] };
   }
 
+  /**
+   * The members of presence room `room`, kept in sync (see `Presence` below):
+   * `socket.presence('lobby', { namespace: '/chat' })` or `chat.presence('lobby')`.
+   */
+  presence(room, { namespace = this.name } = {}) {
+    const ns = namespace === this.name ? this : this.manager.namespaces.get(namespace) ?? this.manager.namespace(namespace, null);
+    ns.presences ??= new Map();
+    if (!ns.presences.has(room)) ns.presences.set(room, new Presence(ns, room));
+    return ns.presences.get(room);
+  }
+
   // Sending
 
   /**
@@ -663,6 +674,13 @@ class Namespace {
       case 'error': {
         const { code = 'error', message = 'error' } = frame.data ?? {};
         return this.emitLocal('error', new SocketError(code, message, frame.data));
+      }
+      case 'presence_state':
+      case 'presence_diff':
+      case 'presence_count': {
+        const room = this.presences?.get(frame.data?.room);
+        if (room) return room.receive(frame.event, frame.data);
+        return this.receiveEvent(frame, ws);
       }
       default:
         return this.receiveEvent(frame, ws);
@@ -1360,4 +1378,157 @@ function recoveryUrl(url, offset) {
   kept.push('recover=1');
   if (offset !== null) kept.push(`offset=${encodeURIComponent(offset)}`);
   return `${path}?${kept.join('&')}`;
+}
+
+/**
+ * One presence room as the server reports it (docs/protocol.md, "Presence").
+ *
+ *     const lobby = chat.presence('lobby');
+ *     lobby.on('join', (key, entry) => ...);   // entry: {meta, conns}
+ *     lobby.on('leave', (key, entry) => ...);
+ *     lobby.on('update', (key, entry, previous) => ...);
+ *     lobby.on('sync', () => render(lobby.list()));
+ *     lobby.on('count', ({ users, connections }) => ...);
+ *     await lobby.synced;                      // the first presence_state
+ *     while (await lobby.more()) {}            // the pages past the first one
+ *     await lobby.update({ status: 'away' });  // if the server takes client updates
+ *
+ * Events fire for real changes of what this view holds only. A diff whose `from` is past the
+ * view's revision means frames were lost: the view asks for the list again by itself
+ * (`presence_list`) and fires what changed. Members live in a `Map` (a key named
+ * `__proto__` is a key like any other).
+ */
+export class Presence {
+  constructor(namespace, room) {
+    this.namespace = namespace;
+    this.room = room;
+    /** key -> {meta, conns} */
+    this.members = new Map();
+    this.count = { users: 0, connections: 0 };
+    /** The revision of the last state or diff applied (null before the first state). */
+    this.rev = null;
+    /** More members past this key: `more()` fetches them. */
+    this.cursor = null;
+    /** How often a revision gap made this view ask for the list again. */
+    this.resyncs = 0;
+    this.listeners = new Map();
+    this.resyncing = null;
+    let settle;
+    /** Resolves on the first state. */
+    this.synced = new Promise((resolve) => { settle = resolve; });
+    this.settleSynced = settle;
+  }
+
+  on(event, fn) {
+    const list = this.listeners.get(event) ?? [];
+    list.push(fn);
+    this.listeners.set(event, list);
+    return this;
+  }
+
+  off(event, fn) {
+    this.listeners.set(event, (this.listeners.get(event) ?? []).filter((f) => f !== fn));
+    return this;
+  }
+
+  /** The members as an array of `{key, meta, conns}`, in key order. */
+  list() {
+    return [...this.members.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([key, entry]) => ({ key, ...entry }));
+  }
+
+  get(key) {
+    return this.members.get(key);
+  }
+
+  /** Fetch the next page; resolves to whether more pages remain. */
+  async more() {
+    if (this.cursor === null) return false;
+    const start = this.cursor;
+    const page = await this.namespace.emitWithAck('presence_list', { room: this.room, cursor: start });
+    this.replaceRange(start, page.cursor, page.members);
+    this.cursor = page.cursor;
+    return this.cursor !== null;
+  }
+
+  update(meta) {
+    return this.namespace.emitWithAck('presence_update', { room: this.room, meta });
+  }
+
+  /** Fetch the whole list again and fire what changed. */
+  async resync() {
+    this.resyncs += 1;
+    let page = await this.namespace.emitWithAck('presence_list', { room: this.room, cursor: null });
+    this.state(page);
+    while (page.cursor !== null) {
+      const start = page.cursor;
+      page = await this.namespace.emitWithAck('presence_list', { room: this.room, cursor: start });
+      this.replaceRange(start, page.cursor, page.members);
+    }
+    this.cursor = null;
+    this.fire('sync');
+  }
+
+  receive(event, data) {
+    if (event === 'presence_state') {
+      this.state(data);
+      this.fire('sync');
+    } else if (event === 'presence_diff') {
+      this.diff(data);
+    } else if (event === 'presence_count') {
+      this.count = { ...data.count };
+      this.fire('count', this.count);
+    }
+  }
+
+  state(data) {
+    this.rev = data.rev;
+    this.count = { ...data.count };
+    this.cursor = data.cursor;
+    this.replaceRange(null, data.cursor, data.members);
+    this.settleSynced();
+  }
+
+  diff(data) {
+    if (this.rev === null || data.rev <= this.rev) return; // before the state, or in it already
+    if (data.from > this.rev) {
+      // Diffs were lost: the list says what they said.
+      this.resyncing ??= this.resync().catch(report).finally(() => { this.resyncing = null; });
+      return;
+    }
+    this.rev = data.rev;
+    this.count = { ...data.count };
+    for (const [key, entry] of Object.entries(data.joins)) this.set(key, entry);
+    for (const [key, entry] of Object.entries(data.updates)) this.set(key, entry);
+    for (const key of data.leaves) this.set(key, null);
+  }
+
+  /** Make the keys in (after, upto] (upto null: to the end) exactly `members`. */
+  replaceRange(after, upto, members) {
+    for (const key of [...this.members.keys()]) {
+      if ((after === null || key > after) && (upto === null || key <= upto) && !Object.hasOwn(members, key)) {
+        this.set(key, null);
+      }
+    }
+    for (const [key, entry] of Object.entries(members)) this.set(key, entry);
+  }
+
+  set(key, entry) {
+    const old = this.members.get(key);
+    if (entry === null) {
+      if (old !== undefined) {
+        this.members.delete(key);
+        this.fire('leave', key, old);
+      }
+    } else if (old === undefined) {
+      this.members.set(key, entry);
+      this.fire('join', key, entry);
+    } else if (JSON.stringify(old) !== JSON.stringify(entry)) {
+      this.members.set(key, entry);
+      this.fire('update', key, entry, old);
+    }
+  }
+
+  fire(event, ...args) {
+    for (const fn of [...(this.listeners.get(event) ?? [])]) safeCall(fn, args);
+  }
 }
