@@ -163,6 +163,8 @@ class RedisBackplane:
         self._waiters: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # request id -> its replies
         self._ping_sent = 0
         self._ping_seen = 0
+        self._ping_sent_at = 0.0
+        self.roundtrip: float | None = None  # seconds of the last heartbeat ping through Redis
         self._tasks: list[asyncio.Task[None]] = []
         self._lost_logged_at = 0.0
         self._lost_unlogged = 0
@@ -220,6 +222,17 @@ class RedisBackplane:
             "nodes": len(self.alive_nodes()),
             "lost": self.lost,
             "missed": self.missed,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """What the metrics report of this link (see metrics.BackplaneStats)."""
+        return {
+            "up": self.link_up,
+            "nodes": len(self.alive_nodes()),
+            "queued": len(self._queue),
+            "lost": self.lost,
+            "missed": self.missed,
+            "roundtrip": self.roundtrip,
         }
 
     def alive_nodes(self) -> list[str]:
@@ -357,6 +370,9 @@ class RedisBackplane:
             self._check_gap(message["node"], message["seq"])
         kind = message["kind"]
         if kind == "ping":
+            own = message["node"] == self.node
+            if own and message["ping"] == self._ping_sent and self._ping_seen < self._ping_sent:
+                self.roundtrip = time.monotonic() - self._ping_sent_at  # our own clock: no skew
             self._ping_seen = max(self._ping_seen, message["ping"])
         elif kind in REPLIES:
             request_id = message.get("call_id") or message.get("query_id") or message.get("claim_id")
@@ -411,8 +427,13 @@ class RedisBackplane:
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(key, info, px=int(self.node_ttl * 1000))
             pipe.publish(self.node_channel, make_message("ping", self.node, ping=self._ping_sent + 1))
-            await pipe.execute()
+            self._ping_sent_at = time.monotonic()
             self._ping_sent += 1
+            try:
+                await pipe.execute()
+            except BaseException:
+                self._ping_sent -= 1
+                raise
             now = time.monotonic()
             prefix = len(self._node_key(""))
             async for key in self.redis.scan_iter(match=self._node_key("*"), count=1000):

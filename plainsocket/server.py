@@ -82,6 +82,7 @@ from .context import (
 )
 from .forwarded import TrustedProxies, client_address, parse_trusted
 from .hosts import AllowedHosts, normalize, parse_allowed
+from .metrics import BackplaneStats, Family, LiveStats, ServerMetrics, on_loop
 from .protocol import (
     ACK,
     CONNECT,
@@ -261,6 +262,11 @@ class SocketServer(Recovery):
         message_queue: str | None = None,
         channel: str = "plainsocket",
         heartbeat_interval: float = 2.0,
+        # Observability (docs: README "Operating plainsocket")
+        metrics: bool = False,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics_socket: str | None = None,
     ) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -305,6 +311,14 @@ class SocketServer(Recovery):
         self.channel = channel
         self.heartbeat_interval = heartbeat_interval
         self.backplane: RedisBackplane | None = None
+        # GET /metrics on this port (metrics), on a listener of its own (metrics_port), or as
+        # JSON on a Unix socket for a --workers parent (metrics_socket); counted when any is set.
+        self.metrics = metrics
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics_socket = metrics_socket
+        self._metrics: ServerMetrics | None = None
+        self._metrics_listeners: list[asyncio.Server] = []
 
         self.registry = Registry()  # live clients: what tracking and delivery see
         self.kept_registry = Registry()  # sessions kept for a resume: delivery records for them
@@ -494,6 +508,8 @@ class SocketServer(Recovery):
             recipients = recipients - skipped
         connections = self._connections
         wire = wire_frame(frame) if len(recipients) > 1 else None
+        metrics = self._metrics
+        started = time.perf_counter() if metrics is not None and wire is not None else 0.0
         count = 0
         # Copy: a write may fail and start a disconnect, which changes membership.
         for sid in tuple(recipients):
@@ -501,6 +517,10 @@ class SocketServer(Recovery):
             if conn is not None:
                 conn.send(frame, wire)
                 count += 1
+        if metrics is not None:
+            if started:
+                metrics.broadcast_seconds.observe(time.perf_counter() - started)
+            metrics.frames_sent(namespace, count)
         if self.recoverable:
             self._record_for_kept(namespace, frame, to, recipients, skipped)
         return count
@@ -588,14 +608,26 @@ class SocketServer(Recovery):
         if conn.ws.protocol.state is not OPEN:
             raise ClientDisconnectedError(conn.sid)
         id, future = conn.expect_ack()
+        metrics = self._metrics
         try:
             conn.send(self.frame(event, data, namespace, id))
+            if metrics is not None:
+                metrics.frames_sent(namespace, 1)
             async with asyncio.timeout(timeout):
-                return await future
+                result = await future
         except TimeoutError:
+            if metrics is not None:
+                metrics.ack("timeout")
             raise CallTimeoutError(f"no acknowledgement of {event!r} from {conn.sid} in {timeout} s") from None
+        except ClientDisconnectedError:
+            if metrics is not None:
+                metrics.ack("disconnected")
+            raise
         finally:
             conn.pending.pop(id, None)
+        if metrics is not None:
+            metrics.ack("ok")
+        return result
 
     # -- Sessions outside handlers -----------------------------------------------------------
 
@@ -877,6 +909,7 @@ class SocketServer(Recovery):
         scheme = "https" if ssl else "http"
         self.url = f"{'wss' if ssl else 'ws'}://{host}:{self.port}"
         self._spawn(self._watch_slow_consumers())
+        await self._start_metrics()
         logger.info("listening on %s://%s:%d", scheme, host, self.port)
 
     async def shutdown(self, *, restart: bool = False) -> None:
@@ -906,6 +939,8 @@ class SocketServer(Recovery):
             self._forget(conn, SERVER_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
+        for listener in self._metrics_listeners:
+            listener.close()
         if self.backplane is not None:
             await self.backplane.stop()
         logger.info("server stopped")
@@ -1004,6 +1039,8 @@ class SocketServer(Recovery):
         if origins and not (len(origins) == 1 and self._origin_allowed(origins[0], headers.get_all("Host"))):
             # Cross-site WebSocket hijacking defence: browsers always send Origin.
             logger.warning("refused origin %s", _safe(", ".join(origins)))
+            if self._metrics is not None:
+                self._metrics.connection_refused("origin")
             return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None
 
@@ -1044,6 +1081,8 @@ class SocketServer(Recovery):
         """Count refusals for want of descriptors; log them once per interval, never per attempt."""
         self.refused_at_limit += 1
         self._refused_unlogged += 1
+        if self._metrics is not None:
+            self._metrics.connection_refused("limits")
         now = time.monotonic()
         if now - self._exhaustion_logged_at >= 10.0:
             logger.error(
@@ -1063,6 +1102,8 @@ class SocketServer(Recovery):
             hosts = [headers.get_all("X-Forwarded-Host")[-1].split(",")[-1]]  # the proxy's own hop
         if len(hosts) == 1 and self._hosts.allows(normalize(hosts[0])):
             return None
+        if self._metrics is not None:
+            self._metrics.connection_refused("host")
         logger.warning("refused host %s (allowed_hosts)", _safe(", ".join(hosts)) if hosts else "(none)")
         return connection.respond(HTTPStatus.BAD_REQUEST, "host not allowed\n")
 
@@ -1090,6 +1131,8 @@ class SocketServer(Recovery):
             status = HTTPStatus.OK if health["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
             response = _response(connection, status, json.dumps(health), "application/json")
             return _without_body(response) if method == "HEAD" else response
+        if path == "/metrics" and self._metrics is not None and self.metrics_port is None and not self.metrics_socket:
+            return self._metrics_response(connection, method)
         found = self._builtin.respond(method, request.path, request.headers) if path == "/client.js" else None
         if found is not None and found.status < 400:
             # A public library: any page may import it (its sockets still pass the origin check).
@@ -1128,20 +1171,77 @@ class SocketServer(Recovery):
                 report["status"] = "unhealthy"
         return report
 
+    # -- Metrics ------------------------------------------------------------------------------
+
+    async def _start_metrics(self) -> None:
+        if not (self.metrics or self.metrics_port is not None or self.metrics_socket):
+            return
+        from . import metrics_http
+
+        self._metrics = ServerMetrics(self._handlers, self.live_stats)
+        self._spawn(self._metrics.watch_loop())
+        if self.metrics_port is not None:
+            listener = await metrics_http.serve_http(self.metrics_host, self.metrics_port, self.metrics_families)
+            self._metrics_listeners.append(listener)
+            host, port = listener.sockets[0].getsockname()[:2]
+            logger.info("metrics on http://%s:%d/metrics", host, port)
+        if self.metrics_socket:
+            self._metrics_listeners.append(await metrics_http.serve_worker(self.metrics_socket, self.metrics_families))
+
+    def metrics_families(self) -> list[Family]:
+        """Return this process's metric families (empty while metrics are off); safe from any thread."""
+        metrics = self._metrics
+        if metrics is None:
+            return []
+        return on_loop(self._loop, self._loop_thread, metrics.families)  # type: ignore[no-any-return]
+
+    def live_stats(self) -> LiveStats:
+        """Read what the gauges report from the live state, now (on the loop)."""
+        live = [conn for conn in self._connections.values() if not conn.detached]
+        buffered = [conn.ws.transport.get_write_buffer_size() for conn in live]
+        backplane = None
+        if self.backplane is not None:
+            backplane = BackplaneStats(**self.backplane.stats())
+        return LiveStats(
+            connections=self.connection_count(),
+            namespaces={ns: self.registry.count(ns) for ns in self._handlers},
+            kept_sessions=self.recoverable,
+            send_buffer_bytes=sum(buffered),
+            send_buffer_max_bytes=max(buffered, default=0),
+            pending_acks=sum(len(conn.pending) for conn in self._connections.values()),
+            backplane=backplane,
+        )
+
+    def _metrics_response(self, connection: ServerConnection, method: str) -> Response:
+        from .metrics import CONTENT_TYPE, render
+
+        if method not in ("GET", "HEAD"):
+            return _static_response(connection, _not_allowed())
+        response = _response(connection, HTTPStatus.OK, render(self.metrics_families()), CONTENT_TYPE)
+        return _without_body(response) if method == "HEAD" else response
+
     # -- One connection's life ---------------------------------------------------------------
 
     async def _serve(self, ws: ServerConnection) -> None:
         conn = await self._resume(ws) if self.recovery_window else None
+        if self._metrics is not None and self.recovery_window and "recover=" in (ws.request.path if ws.request else ""):
+            self._metrics.resume("failed" if conn is None else "resumed")
         fresh = conn is None
         if conn is None:
             conn = Connection(self, ws)
             if self._over_connection_limit(conn):
+                if self._metrics is not None:
+                    self._metrics.connection_refused("limits")
+                    self._metrics.connection_opened()
+                    self._metrics.connection_closed(TOO_MANY_CONNECTIONS)
                 conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS)
                 await ws.wait_closed()
                 return
             self._connections[conn.sid] = conn
             logger.info("connect sid=%s address=%s", conn.sid, conn.address)
         self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
+        if self._metrics is not None:
+            self._metrics.connection_opened()
         address = conn.address
         try:
             if fresh and not _client_connects_root(ws):
@@ -1172,6 +1272,8 @@ class SocketServer(Recovery):
                 self._per_address[address] = remaining
             else:
                 del self._per_address[address]
+            if self._metrics is not None:
+                self._metrics.connection_closed((conn.ws is ws and conn.close_reason) or close_reason(ws))
             # Else a newer socket took the session over, or it moved to another node.
             if conn.ws is ws and not conn.detached and self._connections.get(conn.sid) is conn:
                 reason = conn.close_reason or close_reason(ws)
@@ -1241,10 +1343,14 @@ class SocketServer(Recovery):
         return False
 
     def _on_binary(self, conn: Connection) -> None:
+        if self._metrics is not None:
+            self._metrics.received_frames += 1
         if conn.close_reason is None and self._admit(conn):
             conn.send(self._error("binary_unsupported", "binary frames are not part of protocol v1"))
 
     def _on_text(self, conn: Connection, text: str) -> None:
+        if self._metrics is not None:
+            self._metrics.received_frames += 1
         if conn.close_reason is not None or not self._admit(conn, text):
             return  # closing: what the client still sends is not handled
         try:
@@ -1317,6 +1423,8 @@ class SocketServer(Recovery):
         if namespace not in conn.namespaces:
             self._refuse(conn, envelope, "not_connected", f"not connected to namespace {namespace!r}")
             return None
+        if self._metrics is not None:
+            self._metrics.event_received(namespace)
         handlers = self._handlers[namespace]
         # '*' names the catch-all, not an event a client can call it with directly.
         handler = handlers.get(event) if event != "*" else None
@@ -1378,10 +1486,13 @@ class SocketServer(Recovery):
     ) -> Any:
         """Call a sync handler with the context helpers bound to ``conn`` and ``namespace``."""
         token = current.set(Context(self, conn, namespace, recovered, envelope))
+        started = time.perf_counter() if self._metrics is not None else 0.0
         try:
             return handler.fn(*args[: handler.arity])
         finally:
             current.reset(token)
+            if started and self._metrics is not None:
+                self._metrics.handler_took(namespace, time.perf_counter() - started)
 
     async def _run_async(
         self,
@@ -1394,10 +1505,13 @@ class SocketServer(Recovery):
     ) -> Any:
         """Await an async handler; the context is set in the task that runs it."""
         token = current.set(Context(self, conn, namespace, recovered, envelope))
+        started = time.perf_counter() if self._metrics is not None else 0.0
         try:
             return await handler.fn(*args[: handler.arity])
         finally:
             current.reset(token)
+            if started and self._metrics is not None:
+                self._metrics.handler_took(namespace, time.perf_counter() - started)
 
     def _seen_before(self, conn: Connection, id: int) -> bool:
         """Record a client frame id; tell whether to drop the frame as a re-send after a resume."""
@@ -1414,12 +1528,16 @@ class SocketServer(Recovery):
             return
         conn.inflight.discard(envelope.id)  # type: ignore[arg-type]
         conn.send(frame)
+        if self._metrics is not None:
+            self._metrics.frames_sent(envelope.namespace, 1)
 
     def _handler_failed(self, conn: Connection, envelope: Envelope, exc: Exception) -> None:
         if isinstance(exc, LimitExceededError):
             self._refuse(conn, envelope, "limit_exceeded", str(exc))
             return
         self._refuse(conn, envelope, "handler_error", "the event handler failed")
+        if self._metrics is not None:
+            self._metrics.handler_failed(envelope.namespace)
         on_error = self._error_handlers.get(envelope.namespace, self._default_error_handler)
         if on_error is not None:
             # The application handles its errors (Flask-SocketIO's on_error): no traceback here.
@@ -1462,12 +1580,16 @@ class SocketServer(Recovery):
     def _connect_namespace(self, conn: Connection, namespace: str, auth: Any) -> Awaitable[None] | None:
         handlers = self._handlers.get(namespace)
         if handlers is None:
+            if self._metrics is not None:
+                self._metrics.connection_refused("namespace")
             conn.send(self.frame(CONNECT_ERROR, {"message": "unknown namespace"}, namespace))
             return None
         if namespace in conn.namespaces:
             conn.send_control(self._connect_frame(conn, namespace))
             return None
         if len(conn.namespaces) >= self.max_namespaces:
+            if self._metrics is not None:
+                self._metrics.connection_refused("namespace")
             conn.send(self.frame(CONNECT_ERROR, {"message": "too many namespaces"}, namespace))
             return None
         # Join provisionally so the connect handler can use rooms and emit; hold this
@@ -1537,6 +1659,8 @@ class SocketServer(Recovery):
 
     def _refuse_namespace(self, conn: Connection, namespace: str, refusal: str) -> None:
         """Take ``conn`` out of ``namespace`` after its connect handler refused it."""
+        if self._metrics is not None:
+            self._metrics.connection_refused("connect_handler")
         self.kept_registry.disconnect(namespace, conn.sid)  # it may have dropped meanwhile
         self.registry.disconnect(namespace, conn.sid)
         conn.namespaces.discard(namespace)
@@ -1743,6 +1867,12 @@ class HTTPConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         self._tracker = tracker
 
+    def data_received(self, data: bytes) -> None:
+        metrics = self._tracker._metrics
+        if metrics is not None:
+            metrics.bytes_in += len(data)
+        self._parse(data)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._tracker._sockets += 1
         super().connection_made(transport)
@@ -1751,7 +1881,7 @@ class HTTPConnection(ServerConnection):
         self._tracker._sockets -= 1
         super().connection_lost(exc)
 
-    def data_received(self, data: bytes) -> None:
+    def _parse(self, data: bytes) -> None:
         if self._start is None:
             super().data_received(data)
             return
