@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 from collections.abc import Callable
@@ -190,3 +191,4 @@ class WorkerScrapes:
             self._http.shutdown()
             self._http.server_close()
         self._pool.shutdown(wait=False)
+        shutil.rmtree(self.folder, ignore_errors=True)
