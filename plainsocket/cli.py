@@ -28,6 +28,7 @@ logger = logging.getLogger("plainsocket")
 _PROGRAM_FLAGS = ("--workers", "--reload", "--reload-dir")
 # Served by a --workers parent for all its children: never handed to a child.
 _PARENT_FLAGS = ("--metrics-port", "--metrics-host")
+ADMIN_TOKEN = "PLAINSOCKET_ADMIN_TOKEN"  # the admin token, kept out of the process list
 METRICS_DIR_VARIABLE = "PLAINSOCKET_METRICS_DIR"  # where each child serves its metrics to the parent
 
 
@@ -130,6 +131,13 @@ def _server_flags(add: Callable[..., Any]) -> None:
     )
     option("--metrics-port", _port, "serve /metrics on a listener of its own (with --workers: every worker's)")
     option("--metrics-host", str, "address of the --metrics-port listener")
+    option("--admin-token", str, f"serve the admin page at /admin to whoever gives this token (or ${ADMIN_TOKEN})")
+    add(
+        "--admin-write",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="let the admin page disconnect clients (read-only without it)",
+    )
     add(
         "--static",
         action="append",
@@ -271,6 +279,8 @@ def main(
     try:
         app = load_app(args.app, factory=args.factory, app_dir=app_dir)
         app.configure(**server_options(args))
+        if os.environ.get(ADMIN_TOKEN) and "admin_token" not in vars(args):
+            app.configure(admin_token=os.environ[ADMIN_TOKEN])
     except (AppLoadError, TypeError) as exc:
         logger.error("%s", exc)
         sys.exit(2)

@@ -436,6 +436,15 @@ def process_families() -> list[Family]:
     return families
 
 
+def resident_memory() -> int:
+    """This process's resident memory in bytes (its peak where /proc is missing)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 # -- An application's own prometheus_client registry ---------------------------------------
 
 

@@ -82,7 +82,7 @@ from .context import (
 )
 from .forwarded import TrustedProxies, client_address, parse_trusted
 from .hosts import AllowedHosts, normalize, parse_allowed
-from .metrics import BackplaneStats, Family, LiveStats, ServerMetrics, on_loop
+from .metrics import BackplaneStats, Family, LiveStats, ServerMetrics, on_loop, resident_memory
 from .protocol import (
     ACK,
     CONNECT,
@@ -122,6 +122,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .admin import Admin
     from .backplane import RedisBackplane  # imported when used: Redis support costs memory
 
 logger = logging.getLogger("plainsocket")
@@ -267,6 +268,9 @@ class SocketServer(Recovery):
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
         metrics_socket: str | None = None,
+        # The admin page at GET /admin (off without a token; read-only without admin_write)
+        admin_token: str | None = None,
+        admin_write: bool = False,
     ) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -319,6 +323,11 @@ class SocketServer(Recovery):
         self.metrics_socket = metrics_socket
         self._metrics: ServerMetrics | None = None
         self._metrics_listeners: list[asyncio.Server] = []
+        self.admin_token = admin_token
+        self.admin_write = admin_write
+        self._admin: Admin | None = None
+        self._admin_files: StaticFiles | None = None
+        self._node_id = secrets.token_hex(6)  # the backplane's node id once there is one
 
         self.registry = Registry()  # live clients: what tracking and delivery see
         self.kept_registry = Registry()  # sessions kept for a resume: delivery records for them
@@ -881,6 +890,7 @@ class SocketServer(Recovery):
             logger.warning("allowed_hosts '*': any DNS name pointed at this server reaches it (DNS rebinding)")
         self._static_files = StaticFiles(self.static_files, base_dir=self.static_dir)
         self._builtin = StaticFiles(_builtin_files())
+        self._start_admin()
         if self.message_queue is not None:
             # Fail before listening when Redis is unreachable: no half-working node.
             from .backplane import RedisBackplane
@@ -888,6 +898,9 @@ class SocketServer(Recovery):
             self.backplane = RedisBackplane(
                 self, self.message_queue, channel=self.channel, heartbeat_interval=self.heartbeat_interval
             )
+            self._node_id = self.backplane.node
+            if self._admin is not None:
+                self.backplane.summary = self.admin_node_summary  # travels with the heartbeat
             await self.backplane.start()
         self._server = await serve(
             self._serve,
@@ -1133,6 +1146,8 @@ class SocketServer(Recovery):
             return _without_body(response) if method == "HEAD" else response
         if path == "/metrics" and self._metrics is not None and self.metrics_port is None and not self.metrics_socket:
             return self._metrics_response(connection, method)
+        if self._admin_files is not None and path in ("/admin", "/admin.js", "/admin.css"):
+            return _static_response(connection, _with_csp(self._admin_files.respond(method, path, request.headers)))
         found = self._builtin.respond(method, request.path, request.headers) if path == "/client.js" else None
         if found is not None and found.status < 400:
             # A public library: any page may import it (its sockets still pass the origin check).
@@ -1174,7 +1189,7 @@ class SocketServer(Recovery):
     # -- Metrics ------------------------------------------------------------------------------
 
     async def _start_metrics(self) -> None:
-        if not (self.metrics or self.metrics_port is not None or self.metrics_socket):
+        if not (self.metrics or self.metrics_port is not None or self.metrics_socket or self._admin):
             return
         from . import metrics_http
 
@@ -1219,6 +1234,103 @@ class SocketServer(Recovery):
             return _static_response(connection, _not_allowed())
         response = _response(connection, HTTPStatus.OK, render(self.metrics_families()), CONTENT_TYPE)
         return _without_body(response) if method == "HEAD" else response
+
+    # -- The admin page ----------------------------------------------------------------------
+
+    def _start_admin(self) -> None:
+        if not self.admin_token:
+            return
+        from .admin import NAMESPACE, Admin
+
+        if NAMESPACE in self._handlers and self._admin is None:
+            raise ValueError(f"the application has a namespace {NAMESPACE}: the admin page needs it")
+        self._admin = Admin(self, self.admin_token, write=self.admin_write)
+        self._admin.register()
+        static = PACKAGE / "static"
+        self._admin_files = StaticFiles({f"/{name}": str(static / f"{name}.html" if name == "admin" else static / name)
+                                         for name in ("admin", "admin.js", "admin.css")})
+        if self.admin_write:
+            logger.warning("admin page with write actions: whoever has the admin token can disconnect clients")
+
+    def admin_namespaces(self) -> list[str]:
+        """The namespaces the application registered (the admin page's own left out)."""
+        return sorted(ns for ns in self._handlers if ns != "/admin")
+
+    def admin_node_summary(self, rooms: bool) -> dict[str, Any]:
+        """This node's statistics for the admin page (with its largest rooms when ``rooms``)."""
+        from .admin import node_summary
+        from .supervisor import worker_index
+
+        metrics = self._metrics
+        live = self.live_stats()
+        counters: dict[str, Any] = {
+            "kept": live.kept_sessions,
+            "send_buffer_max": live.send_buffer_max_bytes,
+        }
+        if metrics is not None:
+            counters.update(
+                events_in=sum(metrics.received.values()),
+                frames_out=sum(metrics.sent.values()),
+                bytes_in=metrics.bytes_in,
+                bytes_out=metrics.bytes_out,
+                closed=dict(metrics.closed),
+                refused=dict(metrics.refused),
+                handler_errors=sum(metrics.handler_errors.values()),
+                loop_lag=metrics.loop_lag,
+                rss=resident_memory(),
+            )
+        namespaces = self.admin_namespaces()
+        counts = {ns: live.namespaces.get(ns, 0) for ns in namespaces}
+        if "/" in counts:  # an admin page is in / too: not one of the application's clients
+            counts["/"] -= len(self.registry.sids("/admin") & self.registry.sids("/"))
+        return node_summary(
+            node=self._node_id,
+            worker=worker_index(),
+            started=metrics.started if metrics is not None else 0.0,
+            interval=self.heartbeat_interval,
+            connections=live.connections - self.registry.count("/admin"),  # the admin pages are not clients
+            namespaces=counts,
+            counters=counters,
+            backplane=self.backplane.stats() if self.backplane is not None else None,
+            rooms={ns: (self.registry.room_total(ns), self.registry.largest_rooms(ns, 5)) for ns in namespaces}
+            if rooms
+            else None,
+        )
+
+    async def admin_cluster(self) -> dict[str, Any]:
+        """Every node's summary (this node's fresh, the others' from their last heartbeat)."""
+        local = self.admin_node_summary(rooms=True)
+        if self.backplane is None:
+            return {"nodes": [local], "node": local["node"], "backplane": "off"}
+        self.backplane.watched_until = time.monotonic() + 3 * self.heartbeat_interval
+        if not self.backplane.link_up:
+            return {"nodes": [local], "node": local["node"], "backplane": "down"}
+        try:
+            others = await self.backplane.node_summaries()
+        except Exception as exc:  # Redis went away between the check and the read
+            logger.warning("reading the cluster's statistics failed: %s", exc)
+            return {"nodes": [local], "node": local["node"], "backplane": "down"}
+        nodes = [local, *(node for node in others if node.get("node") != local["node"])]
+        return {"nodes": nodes, "node": local["node"], "backplane": "up"}
+
+    def admin_client_details(self, sid: str) -> dict[str, Any] | None:
+        """What the admin page shows of one client of this node, or None."""
+        conn = self._connections.get(sid)
+        if conn is None:
+            return None
+        rooms = {}
+        for namespace in sorted(conn.namespaces):
+            names = sorted(room for room in self.registry.rooms(namespace, sid) if room != sid)
+            rooms[namespace] = {"total": len(names), "rooms": [name[:200] for name in names[:100]]}
+        buffered = 0 if conn.detached else conn.ws.transport.get_write_buffer_size()
+        return {
+            "node": self._node_id,
+            "address": conn.address,
+            "namespaces": rooms,
+            "kept": conn.detached,
+            "send_buffer": buffered,
+            "pending_acks": len(conn.pending),
+        }
 
     # -- One connection's life ---------------------------------------------------------------
 
@@ -1911,6 +2023,25 @@ def _quiet_exhaustion(previous: Any, server: SocketServer) -> Callable[[Any, dic
             loop.default_exception_handler(context)
 
     return handle
+
+
+# The admin page runs its own scripts and styles only, talks to this server only, and can not
+# be framed: a room name that reaches it as HTML would still run nothing.
+ADMIN_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _with_csp(found: StaticResponse | None) -> StaticResponse:
+    if found is None:
+        return StaticResponse(HTTPStatus.NOT_FOUND, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n")
+    headers = [
+        *found.headers,
+        ("Content-Security-Policy", ADMIN_CSP),
+        ("Referrer-Policy", "no-referrer"),
+    ]
+    return StaticResponse(found.status, headers, found.body)
 
 
 def _not_allowed() -> StaticResponse:
