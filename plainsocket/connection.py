@@ -224,7 +224,7 @@ class Connection:
             return
         metrics = self.server._metrics
         if metrics is not None:
-            metrics.bytes_out += sum(map(len, chunks))
+            metrics.bytes_out += len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
         transport = ws.transport
         try:
             if all(chunks):

@@ -152,18 +152,20 @@ def _bound(value: float) -> str:
 class Histogram:
     """Fixed buckets, counted per bucket (cumulative only when rendered)."""
 
-    __slots__ = ("bounds", "count", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
-        self.count = 0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
-        self.count += 1
 
     def add_to(self, family: Family, labels: Labels | None = None) -> None:
         labels = labels or {}
@@ -172,7 +174,7 @@ class Histogram:
             total += count
             family.add(total, {**labels, "le": _bound(bound)}, "_bucket")
         family.add(self.sum, labels, "_sum")
-        family.add(self.count, labels, "_count")
+        family.add(total, labels, "_count")
 
 
 # -- What a scrape reads from the server ------------------------------------------------------
@@ -219,7 +221,6 @@ class ServerMetrics:
         self.closed: dict[str, int] = {}
         self.refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
         self.received_frames = 0
-        self.received: dict[str, int] = {}  # namespace -> events
         self.sent: dict[str, int] = {}  # namespace -> frames
         self.bytes_in = 0
         self.bytes_out = 0
@@ -242,13 +243,12 @@ class ServerMetrics:
     def connection_refused(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
-    def event_received(self, namespace: str) -> None:
-        if namespace in self.registered:
-            self.received[namespace] = self.received.get(namespace, 0) + 1
-
     def frames_sent(self, namespace: str, count: int) -> None:
-        if count and namespace in self.registered:
-            self.sent[namespace] = self.sent.get(namespace, 0) + count
+        try:
+            self.sent[namespace] += count
+        except KeyError:
+            if namespace in self.registered:
+                self.sent[namespace] = count
 
     def ack(self, result: str) -> None:
         self.acks[result] += 1
@@ -257,13 +257,21 @@ class ServerMetrics:
         if namespace in self.registered:
             self.handler_errors[namespace] = self.handler_errors.get(namespace, 0) + 1
 
-    def handler_took(self, namespace: str, seconds: float) -> None:
-        histogram = self.handler_seconds.get(namespace)
-        if histogram is None:
+    def event_handled(self, namespace: str, seconds: float) -> None:
+        """One event of ``namespace`` went through its handler in ``seconds`` (its count is the histogram's)."""
+        try:
+            histogram = self.handler_seconds[namespace]
+        except KeyError:
             if namespace not in self.registered:
                 return
             histogram = self.handler_seconds[namespace] = Histogram(HANDLER_BUCKETS)
-        histogram.observe(seconds)
+        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+        histogram.sum += seconds
+
+    @property
+    def received(self) -> dict[str, int]:
+        """Events handled per namespace: the handler histograms' counts."""
+        return {namespace: histogram.count for namespace, histogram in self.handler_seconds.items()}
 
     def resume(self, result: str) -> None:
         self.resumes[result] += 1
@@ -307,7 +315,7 @@ class ServerMetrics:
             ),
             Family(p + "received_frames_total", "counter", "Frames received from clients").add(self.received_frames),
             _per_namespace(
-                Family(p + "events_received_total", "counter", "Events received in each registered namespace"),
+                Family(p + "events_received_total", "counter", "Events handled in each registered namespace"),
                 namespaces,
                 self.received,
             ),
@@ -330,7 +338,7 @@ class ServerMetrics:
                 self.handler_errors,
             ),
         ]
-        handlers = Family(p + "handler_duration_seconds", "histogram", "Time spent in event handlers")
+        handlers = Family(p + "handler_duration_seconds", "histogram", "Time spent in event handlers, per namespace")
         for namespace in namespaces:
             histogram = self.handler_seconds.get(namespace) or Histogram(HANDLER_BUCKETS)
             histogram.add_to(handlers, {"namespace": namespace})

@@ -1535,8 +1535,6 @@ class SocketServer(Recovery):
         if namespace not in conn.namespaces:
             self._refuse(conn, envelope, "not_connected", f"not connected to namespace {namespace!r}")
             return None
-        if self._metrics is not None:
-            self._metrics.event_received(namespace)
         handlers = self._handlers[namespace]
         # '*' names the catch-all, not an event a client can call it with directly.
         handler = handlers.get(event) if event != "*" else None
@@ -1598,13 +1596,14 @@ class SocketServer(Recovery):
     ) -> Any:
         """Call a sync handler with the context helpers bound to ``conn`` and ``namespace``."""
         token = current.set(Context(self, conn, namespace, recovered, envelope))
-        started = time.perf_counter() if self._metrics is not None else 0.0
+        metrics = self._metrics if envelope is not None else None  # events only, not connects
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             return handler.fn(*args[: handler.arity])
         finally:
             current.reset(token)
-            if started and self._metrics is not None:
-                self._metrics.handler_took(namespace, time.perf_counter() - started)
+            if metrics is not None:
+                metrics.event_handled(namespace, time.perf_counter() - started)
 
     async def _run_async(
         self,
@@ -1617,13 +1616,14 @@ class SocketServer(Recovery):
     ) -> Any:
         """Await an async handler; the context is set in the task that runs it."""
         token = current.set(Context(self, conn, namespace, recovered, envelope))
-        started = time.perf_counter() if self._metrics is not None else 0.0
+        metrics = self._metrics if envelope is not None else None  # events only, not connects
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             return await handler.fn(*args[: handler.arity])
         finally:
             current.reset(token)
-            if started and self._metrics is not None:
-                self._metrics.handler_took(namespace, time.perf_counter() - started)
+            if metrics is not None:
+                metrics.event_handled(namespace, time.perf_counter() - started)
 
     def _seen_before(self, conn: Connection, id: int) -> bool:
         """Record a client frame id; tell whether to drop the frame as a re-send after a resume."""
