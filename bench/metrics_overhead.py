@@ -16,6 +16,7 @@ where separate runs drift by tens of percent. The target is under 3 %.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import statistics
@@ -25,6 +26,7 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -74,12 +76,100 @@ def measure(server: run.Server, loadgen: run.Loadgen, scenario: str, params: dic
     return {"rate": result["rate"], "us": 1e6 * cpu / 100 / result["rate"] if cpu else float("nan")}
 
 
+async def in_process(clients: int, trials: int) -> dict[str, tuple[float, float]]:
+    """Time the server's own work per echo and per broadcast, with metrics on and off, in one process.
+
+    One demo server and ``clients`` real WebSocket clients on loopback. The server's metrics
+    are switched on and off between trials on the same server and connections, and each
+    figure is the fastest of ``trials`` (the least disturbed by other work): what is compared
+    is exactly the code the metrics add.
+    """
+    import json as json_module
+
+    from websockets.asyncio.client import connect
+
+    sys.path.insert(0, str(run.ROOT))
+    from plainsocket.metrics import ServerMetrics
+    from server import create_app
+
+    socketio = create_app(rate_limit=1e9, rate_burst=10**9, max_connections_per_address=10**6)
+    await socketio.start("127.0.0.1", 0)
+    metrics = ServerMetrics(socketio._handlers, socketio.live_stats)
+    sockets = []
+    readers = []
+
+    async def read(ws: Any) -> None:
+        async for _ in ws:
+            pass
+
+    try:
+        for _ in range(clients):
+            ws = await connect(f"ws://127.0.0.1:{socketio.port}/")
+            await ws.recv()
+            await ws.send(json_module.dumps({"event": "connect", "namespace": "/test", "data": None}))
+            sockets.append(ws)
+            readers.append(asyncio.ensure_future(read(ws)))
+        while socketio.registry.count("/test") < clients:  # noqa: ASYNC110 (no event announces a join)
+            await asyncio.sleep(0.01)
+        conn = next(iter(socketio._connections.values()))
+        echo = json_module.dumps({"event": "my event", "namespace": "/test", "data": {"data": "x" * 80}})
+        payload = {"data": "y" * 80}
+
+        def one_echo() -> None:
+            socketio._on_text(conn, echo)
+            socketio._flush()
+
+        def one_broadcast() -> None:
+            for _ in range(8):
+                socketio.emit("my response", payload, namespace="/test")
+            socketio._flush()
+
+        best: dict[str, dict[bool, float]] = {"echo": {False: 1e9, True: 1e9}, "broadcast": {False: 1e9, True: 1e9}}
+        for trial in range(trials):
+            for on in (trial % 2 == 0, trial % 2 == 1):
+                socketio._metrics = metrics if on else None
+                for name, fn, repeat in (("echo", one_echo, 50), ("broadcast", one_broadcast, 1)):
+                    started = time.perf_counter()
+                    for _ in range(repeat):
+                        fn()
+                    best[name][on] = min(best[name][on], (time.perf_counter() - started) / repeat)
+                await asyncio.sleep(0.002)  # let the clients read
+        return {name: (times[False], times[True]) for name, times in best.items()}
+    finally:
+        socketio._metrics = None
+        for reader in readers:
+            reader.cancel()
+        for ws in sockets:
+            await ws.close()
+        await socketio.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="2 pairs of short measurements")
-    parser.add_argument("--pairs", type=int, default=None, help="measurement pairs per scenario (default 8)")
+    parser.add_argument("--quick", action="store_true", help="fewer trials, or 2 pairs of short loadgen measurements")
+    parser.add_argument("--loadgen", action="store_true", help="throughput with bench/run.py's load generator")
+    parser.add_argument("--pairs", type=int, default=None, help="--loadgen: measurement pairs per scenario (default 8)")
     parser.add_argument("--node", default="node")
     args = parser.parse_args(argv)
+    if not args.loadgen:
+        clients = 100 if args.quick else 1000
+        found = asyncio.run(in_process(clients, 50 if args.quick else 400))
+        day = time.strftime("%Y-%m-%d")
+        day = time.strftime("%Y-%m-%d")
+        print(f"| server's own work, fastest of the trials ({day}) | metrics off | metrics on | cost |")
+        print("|---|---:|---:|---:|")
+        worst = 0.0
+        labels = {
+            "echo": "one echo (decode, handler, reply, write)",
+            "broadcast": f"8 broadcasts to {clients:,} (one write per client, as 8 in flight)",
+        }
+        for name, label in labels.items():
+            off, on = found[name]
+            cost = 100 * (on - off) / off
+            worst = max(worst, cost)
+            print(f"| {label} | {off * 1e6:.2f} µs | {on * 1e6:.2f} µs | {cost:+.1f} % |")
+        print(f"\nworst cost {worst:.1f} % (target < {TARGET:g} %)")
+        return 0
     profile = run.QUICK if args.quick else run.FULL
     pairs = args.pairs or (2 if args.quick else 8)
     length = {"warmup": 0.3, "duration": 1} if args.quick else {"warmup": 0.5, "duration": 2}
