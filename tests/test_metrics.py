@@ -264,3 +264,23 @@ async def test_backplane_metrics_while_redis_is_down(redis_server: Any) -> None:
             await asyncio.sleep(0.05)
         assert value(families, "plainsocket_backplane_up") == 0
         assert value(families, "plainsocket_connections") == 0
+
+
+async def test_promtool_finds_nothing_to_lint() -> None:
+    """Prometheus' own linter (promtool check metrics) accepts the exposition without a remark."""
+    import shutil
+    import subprocess
+
+    from conftest import require
+
+    promtool = shutil.which("promtool")
+    require(promtool is not None, "promtool (apt-get install prometheus)")
+    socketio = app(message_queue=None)
+    async with running(socketio) as url:
+        client = await Wire.open(url)
+        await client.join("/chat")
+        await client.call("echo", 1, "/chat")
+        body = await fetch(f"http://127.0.0.1:{socketio.port}/metrics")
+        await client.ws.close()
+    checked = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0 and checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
