@@ -67,6 +67,8 @@ class AdminHost(Protocol):
 
     def disconnect(self, sid: str, *, namespace: str | None = ...) -> None: ...
 
+    def start_background_task(self, target: Any, *args: Any) -> Any: ...
+
     async def cluster_sids(self, namespace: str = ..., room: str | None = ...) -> list[str]: ...
 
     def admin_node_summary(self, rooms: bool) -> dict[str, Any]: ...
@@ -116,7 +118,7 @@ class Admin:
         self._token = token.encode()
         self.write = write
         self.throttle = FailureThrottle()
-        self._pusher: asyncio.Task[None] | None = None
+        self._pusher: Any = None  # the background task pushing the cluster view
 
     def register(self) -> None:
         """Register the namespace's handlers; the write ones only with ``write``."""
@@ -145,7 +147,8 @@ class Admin:
         self.throttle.succeeded(address)
         logger.info("admin connected: sid=%s address=%s%s", request.sid, address, " (write)" if self.write else "")
         if self._pusher is None or self._pusher.done():
-            self._pusher = asyncio.ensure_future(self._push_while_watched())
+            # A task of the server's: shutdown cancels it with the others.
+            self._pusher = self.host.start_background_task(self._push_while_watched)
 
     def _disconnect(self, reason: str) -> None:
         logger.info("admin disconnected: sid=%s address=%s", request.sid, request.remote_address)

@@ -365,7 +365,12 @@ def _start_worker_metrics(app: SocketServer, workers: int) -> Any:
     folder = tempfile.mkdtemp(prefix="plainsocket-metrics-")  # 0700: only this user's processes read it
     os.environ[METRICS_DIR_VARIABLE] = folder
     scrapes = WorkerScrapes(folder, workers)
-    host, port = scrapes.start(app.metrics_host, app.metrics_port)
+    try:
+        host, port = scrapes.start(app.metrics_host, app.metrics_port)
+    except OSError as exc:
+        scrapes.stop()
+        logger.error("can not serve metrics on %s:%d: %s", app.metrics_host, app.metrics_port, exc.strerror or exc)
+        sys.exit(1)
     logger.info("metrics of %d worker(s) on http://%s:%d/metrics", workers, host, port)
     return scrapes
 
