@@ -97,10 +97,11 @@ async def in_process(clients: int, trials: int) -> dict[str, tuple[float, float]
     metrics = ServerMetrics(socketio._handlers, socketio.live_stats)
     sockets = []
     readers = []
+    received = [0]  # frames the clients read, so that every trial starts with empty buffers
 
     async def read(ws: Any) -> None:
         async for _ in ws:
-            pass
+            received[0] += 1
 
     try:
         for _ in range(clients):
@@ -124,16 +125,25 @@ async def in_process(clients: int, trials: int) -> dict[str, tuple[float, float]
                 socketio.emit("my response", payload, namespace="/test")
             socketio._flush()
 
+        async def drained(expected: int) -> None:
+            deadline = time.monotonic() + 30
+            while received[0] < expected and time.monotonic() < deadline:  # noqa: ASYNC110 (frames counted above)
+                await asyncio.sleep(0.001)
+
+        await drained(2 * clients)  # greeting replies of the /test joins
+        expected = received[0]
         best: dict[str, dict[bool, float]] = {"echo": {False: 1e9, True: 1e9}, "broadcast": {False: 1e9, True: 1e9}}
         for trial in range(trials):
             for on in (trial % 2 == 0, trial % 2 == 1):
                 socketio._metrics = metrics if on else None
-                for name, fn, repeat in (("echo", one_echo, 50), ("broadcast", one_broadcast, 1)):
+                work = (("echo", one_echo, 50, 50), ("broadcast", one_broadcast, 1, 8 * clients))
+                for name, fn, repeat, frames in work:
                     started = time.perf_counter()
                     for _ in range(repeat):
                         fn()
                     best[name][on] = min(best[name][on], (time.perf_counter() - started) / repeat)
-                await asyncio.sleep(0.002)  # let the clients read
+                    expected += frames
+                    await drained(expected)  # the next trial starts from the same state
         return {name: (times[False], times[True]) for name, times in best.items()}
     finally:
         socketio._metrics = None
