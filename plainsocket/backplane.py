@@ -167,6 +167,13 @@ class RedisBackplane:
         self._waiters: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # request id -> its replies
         self._ping_sent = 0
         self._ping_seen = 0
+        self._ping_sent_at = 0.0
+        self.roundtrip: float | None = None  # seconds of the last heartbeat ping through Redis
+        # The admin page: this node's statistics go into its heartbeat (with its largest rooms
+        # only while some admin of the cluster watches), and watched_until says one watches here.
+        self.summary: Callable[[bool], dict[str, Any]] | None = None
+        self.watched_until = 0.0
+        self._cluster_watched = False
         self._tasks: list[asyncio.Task[None]] = []
         self._lost_logged_at = 0.0
         self._lost_unlogged = 0
@@ -224,6 +231,36 @@ class RedisBackplane:
             "nodes": len(self.alive_nodes()),
             "lost": self.lost,
             "missed": self.missed,
+        }
+
+    async def node_summaries(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """Read the statistics every node put in its heartbeat key (the admin page's cluster view)."""
+        async with asyncio.timeout(self.heartbeat_interval):
+            keys = []
+            async for key in self.redis.scan_iter(match=self._node_key("*"), count=1000):
+                keys.append(key)
+                if len(keys) >= limit:
+                    break
+            values = await self.redis.mget(keys) if keys else []
+        summaries = []
+        for value in values:
+            try:
+                summary = json.loads(value) if value else None
+            except ValueError:
+                continue
+            if isinstance(summary, dict) and isinstance(summary.get("node"), str):
+                summaries.append(summary)
+        return summaries
+
+    def stats(self) -> dict[str, Any]:
+        """What the metrics report of this link (see metrics.BackplaneStats)."""
+        return {
+            "up": self.link_up,
+            "nodes": len(self.alive_nodes()),
+            "queued": len(self._queue),
+            "lost": self.lost,
+            "missed": self.missed,
+            "roundtrip": self.roundtrip,
         }
 
     def alive_nodes(self) -> list[str]:
@@ -380,6 +417,9 @@ class RedisBackplane:
             self._check_gap(message["node"], message["seq"])
         kind = message["kind"]
         if kind == "ping":
+            own = message["node"] == self.node
+            if own and message["ping"] == self._ping_sent and self._ping_seen < self._ping_sent:
+                self.roundtrip = time.monotonic() - self._ping_sent_at  # our own clock: no skew
             self._ping_seen = max(self._ping_seen, message["ping"])
         elif kind in REPLIES:
             request_id = message.get("call_id") or message.get("query_id") or message.get("claim_id")
@@ -430,12 +470,27 @@ class RedisBackplane:
         """Register this node with a TTL, learn who else is alive, and ping our own channel."""
         async with asyncio.timeout(self.heartbeat_interval):
             key = self._node_key(self.node)
-            info = json.dumps({"connections": self.server.connection_count()})
+            details: dict[str, Any] = {"connections": self.server.connection_count()}
+            if self.summary is not None:
+                details.update(self.summary(self._cluster_watched))
+            info = json.dumps(details, allow_nan=False)
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(key, info, px=int(self.node_ttl * 1000))
             pipe.publish(self.node_channel, make_message("ping", self.node, ping=self._ping_sent + 1))
-            await pipe.execute()
+            if self.summary is not None:
+                watch_key = f"{self.channel}:admin-watching"
+                if time.monotonic() < self.watched_until:
+                    pipe.set(watch_key, "1", px=int(self.node_ttl * 1000))
+                pipe.exists(watch_key)
+            self._ping_sent_at = time.monotonic()
             self._ping_sent += 1
+            try:
+                replies = await pipe.execute()
+            except BaseException:
+                self._ping_sent -= 1
+                raise
+            if self.summary is not None:
+                self._cluster_watched = bool(replies[-1])
             now = time.monotonic()
             prefix = len(self._node_key(""))
             async for key in self.redis.scan_iter(match=self._node_key("*"), count=1000):

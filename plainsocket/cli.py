@@ -26,6 +26,10 @@ logger = logging.getLogger("plainsocket")
 
 # Program-level flags: everything else on the command line is a SocketServer option.
 _PROGRAM_FLAGS = ("--workers", "--reload", "--reload-dir")
+# Served by a --workers parent for all its children: never handed to a child.
+_PARENT_FLAGS = ("--metrics-port", "--metrics-host")
+ADMIN_TOKEN = "PLAINSOCKET_ADMIN_TOKEN"  # the admin token, kept out of the process list
+METRICS_DIR_VARIABLE = "PLAINSOCKET_METRICS_DIR"  # where each child serves its metrics to the parent
 
 
 class AppLoadError(Exception):
@@ -124,6 +128,21 @@ def _server_flags(add: Callable[..., Any]) -> None:
         action="store_true",
         default=argparse.SUPPRESS,
         help="enable permessage-deflate (~32 KiB more per connection)",
+    )
+    add(
+        "--metrics",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="serve Prometheus metrics at GET /metrics",
+    )
+    option("--metrics-port", _port, "serve /metrics on a listener of its own (with --workers: every worker's)")
+    option("--metrics-host", str, "address of the --metrics-port listener")
+    option("--admin-token", str, f"serve the admin page at /admin to whoever gives this token (or ${ADMIN_TOKEN})")
+    add(
+        "--admin-write",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="let the admin page disconnect clients (read-only without it)",
     )
     add(
         "--static",
@@ -266,13 +285,26 @@ def main(
     try:
         app = load_app(args.app, factory=args.factory, app_dir=app_dir)
         app.configure(**server_options(args))
+        if os.environ.get(ADMIN_TOKEN) and "admin_token" not in vars(args):
+            app.configure(admin_token=os.environ[ADMIN_TOKEN])
     except (AppLoadError, TypeError) as exc:
         logger.error("%s", exc)
         sys.exit(2)
     sock = inherited_socket()
     if sock is None and (args.workers > 1 or args.reload):
         sys.exit(_supervise(args, arguments, app, app_dir))
+    _serve_metrics_to_parent(app)
     _serve(app, args, sock)
+
+
+def _serve_metrics_to_parent(app: SocketServer) -> None:
+    """Under a --workers parent that serves metrics: hand this child's to it, on a private socket."""
+    from .metrics_http import socket_path
+    from .supervisor import worker_index
+
+    folder, index = os.environ.get(METRICS_DIR_VARIABLE), worker_index()
+    if folder and index is not None:
+        app.configure(metrics=False, metrics_port=None, metrics_socket=socket_path(folder, index))
 
 
 def _serve(app: SocketServer, args: argparse.Namespace, sock: Any) -> None:
@@ -302,7 +334,7 @@ def _supervise(args: argparse.Namespace, arguments: list[str], app: SocketServer
     except OSError as exc:
         logger.error("can not listen on %s:%d: %s", args.host, args.port, exc.strerror or exc)
         return 1
-    child_args = _without_flags(arguments, _PROGRAM_FLAGS, switches=("--reload",))
+    child_args = _without_flags(arguments, (*_PROGRAM_FLAGS, *_PARENT_FLAGS), switches=("--reload", "--metrics"))
     if args.app not in child_args:
         child_args = [args.app, *child_args]
     command = [sys.executable, "-m", "plainsocket", "run", *child_args, "--app-dir", app_dir]
@@ -312,10 +344,45 @@ def _supervise(args: argparse.Namespace, arguments: list[str], app: SocketServer
     reload_dirs = (args.reload_dir or [app_dir]) if args.reload else []
     host, port = sock.getsockname()[:2]
     mode = " with --reload" if args.reload else ""
+    scrapes = _start_worker_metrics(app, args.workers)
     logger.info("supervising %d worker(s) on %s:%d%s", args.workers, host, port, mode)
     # A worker that stops may drain for drain_timeout, then close its clients within close_timeout.
     stop_timeout = getattr(args, "drain_timeout", 5.0) + 2 * getattr(args, "close_timeout", 5.0) + 5.0
-    return Supervisor(command, sock, workers=args.workers, reload_dirs=reload_dirs, stop_timeout=stop_timeout).run()
+    try:
+        return Supervisor(
+            command, sock, workers=args.workers, reload_dirs=reload_dirs, stop_timeout=stop_timeout
+        ).run()
+    finally:
+        if scrapes is not None:
+            scrapes.stop()
+
+
+def _start_worker_metrics(app: SocketServer, workers: int) -> Any:
+    """Serve every child's metrics on the parent's --metrics-port; None when metrics are off.
+
+    One port answers for all children: Prometheus scrapes one target and sees each worker's
+    series under ``worker="i"``. ``--metrics`` alone would make each scrape of the shared
+    port land on a random child, so it is served on the parent's port only.
+    """
+    if app.metrics_port is None:
+        if app.metrics:
+            logger.warning("--metrics with --workers: serving them on --metrics-port only; none given, metrics off")
+        return None
+    import tempfile
+
+    from .metrics_http import WorkerScrapes
+
+    folder = tempfile.mkdtemp(prefix="plainsocket-metrics-")  # 0700: only this user's processes read it
+    os.environ[METRICS_DIR_VARIABLE] = folder
+    scrapes = WorkerScrapes(folder, workers)
+    try:
+        host, port = scrapes.start(app.metrics_host, app.metrics_port)
+    except OSError as exc:
+        scrapes.stop()
+        logger.error("can not serve metrics on %s:%d: %s", app.metrics_host, app.metrics_port, exc.strerror or exc)
+        sys.exit(1)
+    logger.info("metrics of %d worker(s) on http://%s:%d/metrics", workers, host, port)
+    return scrapes
 
 
 def _without_flags(argv: list[str], flags: Sequence[str], *, switches: Sequence[str] = ()) -> list[str]:

@@ -250,6 +250,9 @@ class Connection:
         chunks = ws.protocol.data_to_send()
         if not chunks:
             return
+        metrics = self.server._metrics
+        if metrics is not None:
+            metrics.bytes_out += len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
         transport = ws.transport
         try:
             if all(chunks):

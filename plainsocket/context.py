@@ -161,6 +161,8 @@ def emit(
             server._on_loop(lambda: conn.send(server.frame(event, data, namespace)))
             return
         conn.send(server.frame(event, data, namespace))
+        if server._metrics is not None:
+            server._metrics.frames_sent(namespace, 1)
         return
     if not include_self:
         skip_sid = _with(skip_sid, context.conn.sid)

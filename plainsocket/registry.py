@@ -6,6 +6,7 @@ Every client of a namespace is also in a room named after its sid (as in Socket.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
 
@@ -74,6 +75,16 @@ class Registry:
     def sids(self, namespace: str) -> set[str]:
         """Return the sids connected to ``namespace`` (a live view)."""
         return self._members.get(namespace, _EMPTY)
+
+    def largest_rooms(self, namespace: str, limit: int) -> list[tuple[str, int]]:
+        """Return the ``limit`` largest rooms of ``namespace`` as (name, size), without sid rooms."""
+        rooms = self._rooms.get(namespace, {})
+        named = ((room, len(sids)) for room, sids in rooms.items() if (namespace, room) not in self._rooms_of)
+        return heapq.nlargest(limit, named, key=lambda item: (item[1], item[0]))
+
+    def room_total(self, namespace: str) -> int:
+        """Count the rooms of ``namespace`` that are not a client's own sid room."""
+        return len(self._rooms.get(namespace, {})) - len(self._members.get(namespace, ()))
 
     def namespaces(self) -> list[str]:
         return list(self._members)

@@ -85,6 +85,7 @@ from .context import (
 )
 from .forwarded import TrustedProxies, client_address, parse_trusted
 from .hosts import AllowedHosts, normalize, parse_allowed
+from .metrics import BackplaneStats, Family, LiveStats, ServerMetrics, on_loop, resident_memory
 from .presence import CLIENT_REQUESTS, Presence, PresenceError
 from .presence_hub import PresenceHub
 from .protocol import (
@@ -126,6 +127,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .admin import Admin
     from .backplane import RedisBackplane  # imported when used: Redis support costs memory
 
 logger = logging.getLogger("plainsocket")
@@ -273,6 +275,14 @@ class SocketServer(Recovery):
         drain_timeout: float = 5.0,
         # Presence (off for every namespace not named)
         presence: Mapping[str, Presence] | None = None,
+        # Observability (docs: README "Operating plainsocket")
+        metrics: bool = False,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        metrics_socket: str | None = None,
+        # The admin page at GET /admin (off without a token; read-only without admin_write)
+        admin_token: str | None = None,
+        admin_write: bool = False,
     ) -> None:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
@@ -319,6 +329,19 @@ class SocketServer(Recovery):
         self.channel = channel
         self.heartbeat_interval = heartbeat_interval
         self.backplane: RedisBackplane | None = None
+        # GET /metrics on this port (metrics), on a listener of its own (metrics_port), or as
+        # JSON on a Unix socket for a --workers parent (metrics_socket); counted when any is set.
+        self.metrics = metrics
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics_socket = metrics_socket
+        self._metrics: ServerMetrics | None = None
+        self._metrics_listeners: list[asyncio.Server] = []
+        self.admin_token = admin_token
+        self.admin_write = admin_write
+        self._admin: Admin | None = None
+        self._admin_files: StaticFiles | None = None
+        self._node_id = secrets.token_hex(6)  # the backplane's node id once there is one
 
         self.registry = Registry()  # live clients: what tracking and delivery see
         self.kept_registry = Registry()  # sessions kept for a resume: delivery records for them
@@ -523,6 +546,8 @@ class SocketServer(Recovery):
             recipients = recipients - skipped
         connections = self._connections
         wire = wire_frame(frame) if len(recipients) > 1 else None
+        metrics = self._metrics
+        started = time.perf_counter() if metrics is not None and wire is not None else 0.0
         count = 0
         # Copy: a write may fail and start a disconnect, which changes membership.
         for sid in tuple(recipients):
@@ -530,6 +555,10 @@ class SocketServer(Recovery):
             if conn is not None:
                 conn.send(frame, wire)
                 count += 1
+        if metrics is not None:
+            if started:
+                metrics.broadcast_seconds.observe(time.perf_counter() - started)
+            metrics.frames_sent(namespace, count)
         if self.recoverable:
             self._record_for_kept(namespace, frame, to, recipients, skipped)
         return count
@@ -617,14 +646,26 @@ class SocketServer(Recovery):
         if conn.ws.protocol.state is not OPEN:
             raise ClientDisconnectedError(conn.sid)
         id, future = conn.expect_ack()
+        metrics = self._metrics
         try:
             conn.send(self.frame(event, data, namespace, id))
+            if metrics is not None:
+                metrics.frames_sent(namespace, 1)
             async with asyncio.timeout(timeout):
-                return await future
+                result = await future
         except TimeoutError:
+            if metrics is not None:
+                metrics.ack("timeout")
             raise CallTimeoutError(f"no acknowledgement of {event!r} from {conn.sid} in {timeout} s") from None
+        except ClientDisconnectedError:
+            if metrics is not None:
+                metrics.ack("disconnected")
+            raise
         finally:
             conn.pending.pop(id, None)
+        if metrics is not None:
+            metrics.ack("ok")
+        return result
 
     # -- Sessions outside handlers -----------------------------------------------------------
 
@@ -882,6 +923,7 @@ class SocketServer(Recovery):
             logger.warning("allowed_hosts '*': any DNS name pointed at this server reaches it (DNS rebinding)")
         self._static_files = StaticFiles(self.static_files, base_dir=self.static_dir)
         self._builtin = StaticFiles(_builtin_files())
+        self._start_admin()
         if self.message_queue is not None:
             # Fail before listening when Redis is unreachable: no half-working node.
             from .backplane import RedisBackplane
@@ -889,6 +931,9 @@ class SocketServer(Recovery):
             self.backplane = RedisBackplane(
                 self, self.message_queue, channel=self.channel, heartbeat_interval=self.heartbeat_interval
             )
+            self._node_id = self.backplane.node
+            if self._admin is not None:
+                self.backplane.summary = self.admin_node_summary  # travels with the heartbeat
             await self.backplane.start()
             if self.presence.options:
                 from .presence_redis import RedisPresence
@@ -915,6 +960,7 @@ class SocketServer(Recovery):
         scheme = "https" if ssl else "http"
         self.url = f"{'wss' if ssl else 'ws'}://{host}:{self.port}"
         self._spawn(self._watch_slow_consumers())
+        await self._start_metrics()
         logger.info("listening on %s://%s:%d", scheme, host, self.port)
 
     async def shutdown(self, *, restart: bool = False) -> None:
@@ -951,6 +997,8 @@ class SocketServer(Recovery):
             self._forget(conn, SERVER_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
+        for listener in self._metrics_listeners:
+            listener.close()
         if self.backplane is not None:
             self.presence.stop()
             await self.backplane.stop()
@@ -1092,6 +1140,8 @@ class SocketServer(Recovery):
         if origins and not (len(origins) == 1 and self._origin_allowed(origins[0], headers.get_all("Host"))):
             # Cross-site WebSocket hijacking defence: browsers always send Origin.
             logger.warning("refused origin %s", _safe(", ".join(origins)))
+            if self._metrics is not None:
+                self._metrics.connection_refused("origin")
             return connection.respond(HTTPStatus.FORBIDDEN, "origin not allowed\n")
         return None
 
@@ -1132,6 +1182,8 @@ class SocketServer(Recovery):
         """Count refusals for want of descriptors; log them once per interval, never per attempt."""
         self.refused_at_limit += 1
         self._refused_unlogged += 1
+        if self._metrics is not None:
+            self._metrics.connection_refused("limits")
         now = time.monotonic()
         if now - self._exhaustion_logged_at >= 10.0:
             logger.error(
@@ -1151,6 +1203,8 @@ class SocketServer(Recovery):
             hosts = [headers.get_all("X-Forwarded-Host")[-1].split(",")[-1]]  # the proxy's own hop
         if len(hosts) == 1 and self._hosts.allows(normalize(hosts[0])):
             return None
+        if self._metrics is not None:
+            self._metrics.connection_refused("host")
         logger.warning("refused host %s (allowed_hosts)", _safe(", ".join(hosts)) if hosts else "(none)")
         return connection.respond(HTTPStatus.BAD_REQUEST, "host not allowed\n")
 
@@ -1178,6 +1232,10 @@ class SocketServer(Recovery):
             status = HTTPStatus.OK if health["status"] == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
             response = _response(connection, status, json.dumps(health), "application/json")
             return _without_body(response) if method == "HEAD" else response
+        if path == "/metrics" and self._metrics is not None and self.metrics_port is None and not self.metrics_socket:
+            return self._metrics_response(connection, method)
+        if self._admin_files is not None and path in ("/admin", "/admin.js", "/admin.css"):
+            return _static_response(connection, _with_csp(self._admin_files.respond(method, path, request.headers)))
         found = self._builtin.respond(method, request.path, request.headers) if path == "/client.js" else None
         if found is not None and found.status < 400:
             # A public library: any page may import it (its sockets still pass the origin check).
@@ -1224,6 +1282,152 @@ class SocketServer(Recovery):
                 report["status"] = "unhealthy"
         return report
 
+    # -- Metrics ------------------------------------------------------------------------------
+
+    async def _start_metrics(self) -> None:
+        if not (self.metrics or self.metrics_port is not None or self.metrics_socket or self._admin):
+            return
+        from . import metrics_http
+
+        self._metrics = ServerMetrics(self._handlers, self.live_stats)
+        self._spawn(self._metrics.watch_loop())
+        if self.metrics_port is not None:
+            listener = await metrics_http.serve_http(self.metrics_host, self.metrics_port, self.metrics_families)
+            self._metrics_listeners.append(listener)
+            host, port = listener.sockets[0].getsockname()[:2]
+            logger.info("metrics on http://%s:%d/metrics", host, port)
+        if self.metrics_socket:
+            self._metrics_listeners.append(await metrics_http.serve_worker(self.metrics_socket, self.metrics_families))
+
+    def metrics_families(self) -> list[Family]:
+        """Return this process's metric families (empty while metrics are off); safe from any thread."""
+        metrics = self._metrics
+        if metrics is None:
+            return []
+        return on_loop(self._loop, self._loop_thread, metrics.families)  # type: ignore[no-any-return]
+
+    def live_stats(self) -> LiveStats:
+        """Read what the gauges report from the live state, now (on the loop)."""
+        live = [conn for conn in self._connections.values() if not conn.detached]
+        buffered = [conn.ws.transport.get_write_buffer_size() for conn in live]
+        backplane = None
+        if self.backplane is not None:
+            backplane = BackplaneStats(**self.backplane.stats())
+        return LiveStats(
+            connections=self.connection_count(),
+            namespaces={ns: self.registry.count(ns) for ns in self._handlers},
+            kept_sessions=self.recoverable,
+            send_buffer_bytes=sum(buffered),
+            send_buffer_max_bytes=max(buffered, default=0),
+            pending_acks=sum(len(conn.pending) for conn in self._connections.values()),
+            backplane=backplane,
+        )
+
+    def _metrics_response(self, connection: ServerConnection, method: str) -> Response:
+        from .metrics import CONTENT_TYPE, render
+
+        if method not in ("GET", "HEAD"):
+            return _static_response(connection, _not_allowed())
+        response = _response(connection, HTTPStatus.OK, render(self.metrics_families()), CONTENT_TYPE)
+        return _without_body(response) if method == "HEAD" else response
+
+    # -- The admin page ----------------------------------------------------------------------
+
+    def _start_admin(self) -> None:
+        if not self.admin_token:
+            return
+        from .admin import NAMESPACE, Admin
+
+        if NAMESPACE in self._handlers and self._admin is None:
+            raise ValueError(f"the application has a namespace {NAMESPACE}: the admin page needs it")
+        self._admin = Admin(self, self.admin_token, write=self.admin_write)
+        self._admin.register()
+        static = PACKAGE / "static"
+        self._admin_files = StaticFiles({f"/{name}": str(static / f"{name}.html" if name == "admin" else static / name)
+                                         for name in ("admin", "admin.js", "admin.css")})
+        if self.admin_write:
+            logger.warning("admin page with write actions: whoever has the admin token can disconnect clients")
+
+    def admin_namespaces(self) -> list[str]:
+        """The namespaces the application registered (the admin page's own left out)."""
+        return sorted(ns for ns in self._handlers if ns != "/admin")
+
+    def admin_node_summary(self, rooms: bool) -> dict[str, Any]:
+        """This node's statistics for the admin page (with its largest rooms when ``rooms``)."""
+        from .admin import node_summary
+        from .supervisor import worker_index
+
+        metrics = self._metrics
+        live = self.live_stats()
+        counters: dict[str, Any] = {
+            "kept": live.kept_sessions,
+            "send_buffer_max": live.send_buffer_max_bytes,
+        }
+        if metrics is not None:
+            counters.update(
+                events_in=sum(metrics.received.values()),
+                frames_out=sum(metrics.sent.values()),
+                bytes_in=metrics.bytes_in,
+                bytes_out=metrics.bytes_out,
+                closed=dict(metrics.closed),
+                refused=dict(metrics.refused),
+                handler_errors=sum(metrics.handler_errors.values()),
+                loop_lag=metrics.loop_lag,
+                rss=resident_memory(),
+            )
+        namespaces = self.admin_namespaces()
+        counts = {ns: live.namespaces.get(ns, 0) for ns in namespaces}
+        if "/" in counts:  # an admin page is in / too: not one of the application's clients
+            counts["/"] -= len(self.registry.sids("/admin") & self.registry.sids("/"))
+        return node_summary(
+            node=self._node_id,
+            worker=worker_index(),
+            started=metrics.started if metrics is not None else 0.0,
+            interval=self.heartbeat_interval,
+            connections=live.connections - self.registry.count("/admin"),  # the admin pages are not clients
+            namespaces=counts,
+            counters=counters,
+            backplane=self.backplane.stats() if self.backplane is not None else None,
+            rooms={ns: (self.registry.room_total(ns), self.registry.largest_rooms(ns, 5)) for ns in namespaces}
+            if rooms
+            else None,
+        )
+
+    async def admin_cluster(self) -> dict[str, Any]:
+        """Every node's summary (this node's fresh, the others' from their last heartbeat)."""
+        local = self.admin_node_summary(rooms=True)
+        if self.backplane is None:
+            return {"nodes": [local], "node": local["node"], "backplane": "off"}
+        self.backplane.watched_until = time.monotonic() + 3 * self.heartbeat_interval
+        if not self.backplane.link_up:
+            return {"nodes": [local], "node": local["node"], "backplane": "down"}
+        try:
+            others = await self.backplane.node_summaries()
+        except Exception as exc:  # Redis went away between the check and the read
+            logger.warning("reading the cluster's statistics failed: %s", exc)
+            return {"nodes": [local], "node": local["node"], "backplane": "down"}
+        nodes = [local, *(node for node in others if node.get("node") != local["node"])]
+        return {"nodes": nodes, "node": local["node"], "backplane": "up"}
+
+    def admin_client_details(self, sid: str) -> dict[str, Any] | None:
+        """What the admin page shows of one client of this node, or None."""
+        conn = self._connections.get(sid)
+        if conn is None:
+            return None
+        rooms = {}
+        for namespace in sorted(conn.namespaces):
+            names = sorted(room for room in self.registry.rooms(namespace, sid) if room != sid)
+            rooms[namespace] = {"total": len(names), "rooms": [name[:200] for name in names[:100]]}
+        buffered = 0 if conn.detached else conn.ws.transport.get_write_buffer_size()
+        return {
+            "node": self._node_id,
+            "address": conn.address,
+            "namespaces": rooms,
+            "kept": conn.detached,
+            "send_buffer": buffered,
+            "pending_acks": len(conn.pending),
+        }
+
     # -- One connection's life ---------------------------------------------------------------
 
     async def _serve(self, ws: ServerConnection) -> None:
@@ -1235,10 +1439,16 @@ class SocketServer(Recovery):
                 self._resuming -= 1
         else:
             conn = None
+        if self._metrics is not None and self.recovery_window and "recover=" in (ws.request.path if ws.request else ""):
+            self._metrics.resume("failed" if conn is None else "resumed")
         fresh = conn is None
         if conn is None:
             conn = Connection(self, ws)
             if self._over_connection_limit(conn):
+                if self._metrics is not None:
+                    self._metrics.connection_refused("limits")
+                    self._metrics.connection_opened()
+                    self._metrics.connection_closed(TOO_MANY_CONNECTIONS)
                 conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS)
                 self._note_drained()
                 await ws.wait_closed()
@@ -1246,6 +1456,8 @@ class SocketServer(Recovery):
             self._connections[conn.sid] = conn
             logger.info("connect sid=%s address=%s", conn.sid, conn.address)
         self._per_address[conn.address] = self._per_address.get(conn.address, 0) + 1
+        if self._metrics is not None:
+            self._metrics.connection_opened()
         address = conn.address
         if self._closing:
             conn.close(CloseCode.SHUTDOWN, SERVER_SHUTDOWN, SERVER_SHUTDOWN)  # accepted as it stopped
@@ -1281,6 +1493,8 @@ class SocketServer(Recovery):
                 self._per_address[address] = remaining
             else:
                 del self._per_address[address]
+            if self._metrics is not None:
+                self._metrics.connection_closed((conn.ws is ws and conn.close_reason) or close_reason(ws))
             # Else a newer socket took the session over, or it moved to another node.
             if conn.ws is ws and not conn.detached and self._connections.get(conn.sid) is conn:
                 reason = conn.close_reason or close_reason(ws)
@@ -1366,10 +1580,14 @@ class SocketServer(Recovery):
                 return  # the next complete text frame can take the fast path again
 
     def _on_binary(self, conn: Connection) -> None:
+        if self._metrics is not None:
+            self._metrics.received_frames += 1
         if conn.close_reason is None and self._admit(conn):
             conn.send(self._error("binary_unsupported", "binary frames are not part of protocol v1"))
 
     def _on_text(self, conn: Connection, text: str) -> None:
+        if self._metrics is not None:
+            self._metrics.received_frames += 1
         if conn.close_reason is not None or not self._admit(conn, text):
             return  # closing: what the client still sends is not handled
         try:
@@ -1506,10 +1724,14 @@ class SocketServer(Recovery):
     ) -> Any:
         """Call a sync handler with the context helpers bound to ``conn`` and ``namespace``."""
         token = current.set(Context(self, conn, namespace, recovered, envelope))
+        metrics = self._metrics if envelope is not None else None  # events only, not connects
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             return handler.fn(*args[: handler.arity])
         finally:
             current.reset(token)
+            if metrics is not None:
+                metrics.event_handled(namespace, time.perf_counter() - started)
 
     async def _run_async(
         self,
@@ -1522,10 +1744,14 @@ class SocketServer(Recovery):
     ) -> Any:
         """Await an async handler; the context is set in the task that runs it."""
         token = current.set(Context(self, conn, namespace, recovered, envelope))
+        metrics = self._metrics if envelope is not None else None  # events only, not connects
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             return await handler.fn(*args[: handler.arity])
         finally:
             current.reset(token)
+            if metrics is not None:
+                metrics.event_handled(namespace, time.perf_counter() - started)
 
     def _seen_before(self, conn: Connection, id: int) -> bool:
         """Record a client frame id; tell whether to drop the frame as a re-send after a resume."""
@@ -1551,12 +1777,16 @@ class SocketServer(Recovery):
             return
         conn.inflight.discard(envelope.id)  # type: ignore[arg-type]
         conn.send(frame)
+        if self._metrics is not None:
+            self._metrics.frames_sent(envelope.namespace, 1)
 
     def _handler_failed(self, conn: Connection, envelope: Envelope, exc: Exception) -> None:
         if isinstance(exc, LimitExceededError):
             self._refuse(conn, envelope, "limit_exceeded", str(exc))
             return
         self._refuse(conn, envelope, "handler_error", "the event handler failed")
+        if self._metrics is not None:
+            self._metrics.handler_failed(envelope.namespace)
         on_error = self._error_handlers.get(envelope.namespace, self._default_error_handler)
         if on_error is not None:
             # The application handles its errors (Flask-SocketIO's on_error): no traceback here.
@@ -1599,12 +1829,16 @@ class SocketServer(Recovery):
     def _connect_namespace(self, conn: Connection, namespace: str, auth: Any) -> Awaitable[None] | None:
         handlers = self._handlers.get(namespace)
         if handlers is None:
+            if self._metrics is not None:
+                self._metrics.connection_refused("namespace")
             conn.send(self.frame(CONNECT_ERROR, {"message": "unknown namespace"}, namespace))
             return None
         if namespace in conn.namespaces:
             conn.send_control(self._connect_frame(conn, namespace))
             return None
         if len(conn.namespaces) >= self.max_namespaces:
+            if self._metrics is not None:
+                self._metrics.connection_refused("namespace")
             conn.send(self.frame(CONNECT_ERROR, {"message": "too many namespaces"}, namespace))
             return None
         # Join provisionally so the connect handler can use rooms and emit; hold this
@@ -1676,6 +1910,8 @@ class SocketServer(Recovery):
 
     def _refuse_namespace(self, conn: Connection, namespace: str, refusal: str) -> None:
         """Take ``conn`` out of ``namespace`` after its connect handler refused it."""
+        if self._metrics is not None:
+            self._metrics.connection_refused("connect_handler")
         self.kept_registry.disconnect(namespace, conn.sid)  # it may have dropped meanwhile
         self.registry.disconnect(namespace, conn.sid)
         self.presence.left_namespace(namespace, conn.sid)
@@ -1909,6 +2145,13 @@ class HTTPConnection(ServerConnection):
         super().__init__(*args, **kwargs)
         self._link = _Link(tracker)
 
+    def data_received(self, data: bytes) -> None:
+        link = self._link
+        metrics = link.server._metrics
+        if metrics is not None:
+            metrics.bytes_in += len(data)
+        self._parse(link, data)
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._link.server._sockets += 1
         super().connection_made(transport)
@@ -1965,8 +2208,7 @@ class HTTPConnection(ServerConnection):
             self.protocol.fail(CloseCode.INTERNAL_ERROR)
             self.send_data()
 
-    def data_received(self, data: bytes) -> None:
-        link = self._link
+    def _parse(self, link: _Link, data: bytes) -> None:
         if link.start is None:
             super().data_received(data)
             return
@@ -1996,6 +2238,25 @@ def _quiet_exhaustion(previous: Any, server: SocketServer) -> Callable[[Any, dic
             loop.default_exception_handler(context)
 
     return handle
+
+
+# The admin page runs its own scripts and styles only, talks to this server only, and can not
+# be framed: a room name that reaches it as HTML would still run nothing.
+ADMIN_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+def _with_csp(found: StaticResponse | None) -> StaticResponse:
+    if found is None:
+        return StaticResponse(HTTPStatus.NOT_FOUND, [("Content-Type", "text/plain; charset=utf-8")], b"not found\n")
+    headers = [
+        *found.headers,
+        ("Content-Security-Policy", ADMIN_CSP),
+        ("Referrer-Policy", "no-referrer"),
+    ]
+    return StaticResponse(found.status, headers, found.body)
 
 
 def _not_allowed() -> StaticResponse:

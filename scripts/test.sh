@@ -7,11 +7,12 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 npm ci --no-audit --no-fund --loglevel=error
 
-# Debian packages the tests drive for real: headless Chromium (never a downloaded browser)
-# and nginx in front of the server.
+# Debian packages the tests drive for real: headless Chromium (never a downloaded browser),
+# nginx in front of the server, and Prometheus scraping it.
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || missing+=(nginx)
+[ -x /usr/bin/prometheus ] || command -v prometheus >/dev/null || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo=sudo

@@ -1,0 +1,235 @@
+"""What Prometheus metrics cost: echo and fan-out with ``--metrics`` against the same server without.
+
+Usage (from the repository root)::
+
+    python bench/metrics_overhead.py            # 8 pairs per scenario, full loads (~2 minutes)
+    python bench/metrics_overhead.py --quick    # 2 short pairs, tiny loads (a smoke run)
+
+Two ``python server.py`` run side by side with the benchmark's flags (bench/run.py), one with
+``--metrics`` (scraped every second during its load, harsher than Prometheus' default 15 s),
+one without. bench/run.py's echo and fan-out scenarios are measured on them in turns, in
+pairs (alternating which goes first), with its load generator. The cost is the median over
+the pairs of each pair's throughput ratio: paired measurements hold on a shared machine,
+where separate runs drift by tens of percent. The target is under 3 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run
+
+OFF, ON = "metrics off", "metrics on"
+TARGET = 3.0  # percent of throughput
+
+
+class Scraper:
+    """Scrape ``/metrics`` every ``interval`` seconds while the load runs (what Prometheus does)."""
+
+    def __init__(self, url: str, interval: float = 1.0) -> None:
+        self.url = url
+        self.interval = interval
+        self.stop = threading.Event()
+        self.scrapes = 0
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval):
+            with urllib.request.urlopen(self.url, timeout=5) as response:
+                response.read()
+            self.scrapes += 1
+
+    def __enter__(self) -> Scraper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(10)
+
+
+def measure(server: run.Server, loadgen: run.Loadgen, scenario: str, params: dict[str, float]) -> dict[str, float]:
+    """One measurement of ``scenario``; the metrics server is scraped every second meanwhile."""
+    if server.name == ON:
+        with Scraper(f"http://127.0.0.1:{server.port}/metrics") as scraper:
+            result = loadgen.measure(server, scenario, params)
+        if not scraper.scrapes:
+            raise run.BenchError("no scrape answered during the load")
+    else:
+        result = loadgen.measure(server, scenario, params)
+    if run.lost_something(result):
+        raise run.BenchError(f"{server.name} {scenario} lost or refused something: {result}")
+    cpu = result.get("server_cpu")
+    return {"rate": result["rate"], "us": 1e6 * cpu / 100 / result["rate"] if cpu else float("nan")}
+
+
+async def in_process(clients: int, trials: int) -> dict[str, tuple[float, float]]:
+    """Time the server's own work per echo and per broadcast, with metrics on and off, in one process.
+
+    One demo server and ``clients`` real WebSocket clients on loopback. The server's metrics
+    are switched on and off between trials on the same server and connections, and each
+    figure is the fastest of ``trials`` (the least disturbed by other work): what is compared
+    is exactly the code the metrics add.
+    """
+    import json as json_module
+
+    from websockets.asyncio.client import connect
+
+    sys.path.insert(0, str(run.ROOT))
+    from plainsocket.metrics import ServerMetrics
+    from server import create_app
+
+    socketio = create_app(rate_limit=1e9, rate_burst=10**9, max_connections_per_address=10**6)
+    await socketio.start("127.0.0.1", 0)
+    metrics = ServerMetrics(socketio._handlers, socketio.live_stats)
+    sockets = []
+    readers = []
+    received = [0]  # frames the clients read, so that every trial starts with empty buffers
+
+    async def read(ws: Any) -> None:
+        async for _ in ws:
+            received[0] += 1
+
+    try:
+        for _ in range(clients):
+            ws = await connect(f"ws://127.0.0.1:{socketio.port}/")
+            await ws.recv()
+            await ws.send(json_module.dumps({"event": "connect", "namespace": "/test", "data": None}))
+            sockets.append(ws)
+            readers.append(asyncio.ensure_future(read(ws)))
+        while socketio.registry.count("/test") < clients:  # noqa: ASYNC110 (no event announces a join)
+            await asyncio.sleep(0.01)
+        conn = next(iter(socketio._connections.values()))
+        echo = json_module.dumps({"event": "my event", "namespace": "/test", "data": {"data": "x" * 80}})
+        payload = {"data": "y" * 80}
+
+        def one_echo() -> None:
+            socketio._on_text(conn, echo)
+            socketio._flush()
+
+        def one_broadcast() -> None:
+            for _ in range(8):
+                socketio.emit("my response", payload, namespace="/test")
+            socketio._flush()
+
+        async def drained(expected: int) -> None:
+            deadline = time.monotonic() + 30
+            while received[0] < expected and time.monotonic() < deadline:  # noqa: ASYNC110 (frames counted above)
+                await asyncio.sleep(0.001)
+
+        await drained(2 * clients)  # greeting replies of the /test joins
+        expected = received[0]
+        best: dict[str, dict[bool, float]] = {"echo": {False: 1e9, True: 1e9}, "broadcast": {False: 1e9, True: 1e9}}
+        for trial in range(trials):
+            for on in (trial % 2 == 0, trial % 2 == 1):
+                socketio._metrics = metrics if on else None
+                work = (("echo", one_echo, 50, 50), ("broadcast", one_broadcast, 1, 8 * clients))
+                for name, fn, repeat, frames in work:
+                    started = time.perf_counter()
+                    for _ in range(repeat):
+                        fn()
+                    best[name][on] = min(best[name][on], (time.perf_counter() - started) / repeat)
+                    expected += frames
+                    await drained(expected)  # the next trial starts from the same state
+        return {name: (times[False], times[True]) for name, times in best.items()}
+    finally:
+        socketio._metrics = None
+        for reader in readers:
+            reader.cancel()
+        for ws in sockets:
+            await ws.close()
+        await socketio.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="fewer trials, or 2 pairs of short loadgen measurements")
+    parser.add_argument("--loadgen", action="store_true", help="throughput with bench/run.py's load generator")
+    parser.add_argument("--pairs", type=int, default=None, help="--loadgen: measurement pairs per scenario (default 8)")
+    parser.add_argument("--node", default="node")
+    args = parser.parse_args(argv)
+    if not args.loadgen:
+        clients = 100 if args.quick else 1000
+        found = asyncio.run(in_process(clients, 50 if args.quick else 400))
+        day = time.strftime("%Y-%m-%d")
+        day = time.strftime("%Y-%m-%d")
+        print(f"| server's own work, fastest of the trials ({day}) | metrics off | metrics on | cost |")
+        print("|---|---:|---:|---:|")
+        worst = 0.0
+        labels = {
+            "echo": "one echo (decode, handler, reply, write)",
+            "broadcast": f"8 broadcasts to {clients:,} (one write per client, as 8 in flight)",
+        }
+        for name, label in labels.items():
+            off, on = found[name]
+            cost = 100 * (on - off) / off
+            worst = max(worst, cost)
+            print(f"| {label} | {off * 1e6:.2f} µs | {on * 1e6:.2f} µs | {cost:+.1f} % |")
+        print(f"\nworst cost {worst:.1f} % (target < {TARGET:g} %)")
+        return 0
+    profile = run.QUICK if args.quick else run.FULL
+    pairs = args.pairs or (2 if args.quick else 8)
+    length = {"warmup": 0.3, "duration": 1} if args.quick else {"warmup": 0.5, "duration": 2}
+    scenarios = {"echo": {**profile.echo, **length}, "fanout": {**profile.fanout, **length}}
+    server_cpus, load_cpus = run.cpu_plan()
+    if load_cpus:
+        os.sched_setaffinity(0, load_cpus)
+    base = [sys.executable, "server.py", "--port", "0", *run.SERVER_ARGS]
+    loadgen = run.Loadgen(args.node, load_cpus, "wire")
+    rows: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {name: [] for name in scenarios}
+    try:
+        # Both servers live for the whole run and are measured in turns, so each pair of
+        # measurements sees the same machine: a paired comparison holds on a shared one.
+        with contextlib.ExitStack() as stack:
+            servers = {
+                name: stack.enter_context(run.running(run.Server(name, argv, server_cpus, run.RAW / f"{name}.log")))
+                for name, argv in ((OFF, base), (ON, [*base, "--metrics"]))
+            }
+            for server in servers.values():
+                check = loadgen.run(server, "check", {})
+                if not check.get("ok"):
+                    raise run.BenchError(f"{server.name}: {check['problems']}")
+                for mode, params in profile.warmup:
+                    loadgen.run(server, mode, params)
+            for scenario, params in scenarios.items():
+                for n in range(pairs):
+                    order = (OFF, ON) if n % 2 == 0 else (ON, OFF)
+                    got = {name: measure(servers[name], loadgen, scenario, params) for name in order}
+                    rows[scenario].append((got[OFF], got[ON]))
+                    print(f"{scenario} pair {n + 1}/{pairs}: off {got[OFF]} on {got[ON]}", file=sys.stderr, flush=True)
+    except run.BenchError as err:
+        print(f"metrics_overhead.py: {err}", file=sys.stderr)
+        return 2
+    print(f"| median of {pairs} pairs ({time.strftime('%Y-%m-%d')}) | metrics off | metrics on | cost |")
+    print("|---|---:|---:|---:|")
+    worst = 0.0
+    for scenario, unit in (("echo", "responses/s"), ("fanout", "deliveries/s")):
+        pairs_of = rows[scenario]
+        off = statistics.median(a["rate"] for a, _ in pairs_of)
+        on = statistics.median(b["rate"] for _, b in pairs_of)
+        cost = 100 * (1 - statistics.median(b["rate"] / a["rate"] for a, b in pairs_of))
+        worst = max(worst, cost)
+        print(f"| {scenario}: {unit} | {off:,.0f} | {on:,.0f} | {cost:+.1f} % |")
+        off_us = statistics.median(a["us"] for a, _ in pairs_of)
+        on_us = statistics.median(b["us"] for _, b in pairs_of)
+        cpu_cost = 100 * (statistics.median(b["us"] / a["us"] for a, b in pairs_of) - 1)
+        print(f"| {scenario}: server CPU µs per message | {off_us:.2f} | {on_us:.2f} | {cpu_cost:+.1f} % |")
+    print(f"\nthroughput cost: worst median of pairs {worst:.1f} % (target < {TARGET:g} %)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
