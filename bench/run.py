@@ -997,9 +997,10 @@ def render_chat(chat: dict[str, dict[str, Any]], params: dict[str, float]) -> li
         for peer in (NODE_SIO, PY_SIO, RAW_WS):
             if peer in chat and chat[peer]["p99"]:
                 theirs = chat[peer]
+                cpu = (ours["server_cpu"] or math.nan) / (theirs["server_cpu"] or math.nan)
                 out.append(
                     f"- plainsocket / {peer}: p50 {ours['p50'] / theirs['p50']:.2f},"
-                    f" p99 {ours['p99'] / theirs['p99']:.2f}, server CPU {(ours['server_cpu'] or math.nan) / (theirs['server_cpu'] or math.nan):.2f}"
+                    f" p99 {ours['p99'] / theirs['p99']:.2f}, server CPU {cpu:.2f}"
                 )
         out.append("")
     return out
@@ -1024,7 +1025,8 @@ def render_many(many: dict[str, Any] | None) -> list[str]:
         out.append(
             f"| {row['setup']} | {row['asked']:,} | {row['open']:,} | {row['failed']:,} | {fmt(row['open_s'])}"
             f" | {fmt(row['open'] / row['open_s'] if row['open_s'] else math.nan)} | {row['once']:,}"
-            f" | {row['missing']:,} | {row['duplicated']:,} | {fmt(row['delivered_ms'] or math.nan)} | {fmt(row['rss_kib'] / 1024)}"
+            f" | {row['missing']:,} | {row['duplicated']:,} | {fmt(row['delivered_ms'] or math.nan)}"
+            f" | {fmt(row['rss_kib'] / 1024)}"
             f" | {fmt(row['kib_per_conn'])} |"
         )
     out += ["", f"Measured {many.get('when', '?')}, commit {many.get('commit', '?')}.", ""]
