@@ -26,6 +26,7 @@ import argparse
 import json
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from run import (  # noqa: E402
     BenchError,
     Server,
     git_commit,
+    interrupted,
     machine_busy_seconds,
     pinned,
     proc_rss_kib,
@@ -240,6 +242,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8, help="worker processes of the cluster")
     parser.add_argument("--node", default=shutil.which("node") or "node")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, interrupted)  # stop the servers and Redis on the way out
     limit = raise_open_files()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RAW.mkdir(parents=True, exist_ok=True)
@@ -256,6 +259,8 @@ def main() -> int:
     except BenchError as err:
         print(f"many.py: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
     info = [
         f"- open-files limit per process: {limit:,}; ephemeral ports:"
         f" {Path('/proc/sys/net/ipv4/ip_local_port_range').read_text().split()}",

@@ -1345,14 +1345,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _interrupted(signum: int, frame: object) -> None:
+def interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM stops the run like Ctrl-C: the server of the moment is stopped on the way out.
-    signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     profile = QUICK if args.quick else FULL
     unknown = set(args.only) - set(ALL_SCENARIOS)
     if unknown:
