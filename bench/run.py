@@ -1,20 +1,24 @@
-"""Benchmark plainsocket against a raw ``websockets`` server in one run and report the ratios.
+"""Benchmark plainsocket against raw ``websockets``, Node and Socket.IO in one run; report the targets.
 
 Usage (from the repository root)::
 
-    python bench/run.py              # full run for people: a few minutes, 3 passes
-    python bench/run.py --quick      # seconds, tiny loads, 1 pass, no targets (for CI)
+    python bench/run.py              # full run for people: 5 servers x 3 passes, then the chat workload
+    python bench/run.py --quick      # under a minute, tiny loads, plainsocket and raw websockets (for CI)
     python bench/run.py --scaling    # also fan-out at 100/1,000/5,000 clients, 100 B and 10 KiB
 
-Each pass starts a fresh ``python server.py --port 0`` and a fresh ``python bench/baseline.py
---port 0`` (the order alternates between passes), pins the server to one CPU and the load
-generator (``bench/loadgen.js``) to another when there are two, checks the wire format, warms the
-server up, then measures idle memory, connects/s, echo, fan-out and fan-out latency. The table
-gives the median of the passes with the min-max spread, and the ratio plainsocket / raw.
+Each pass starts a fresh ``python server.py --port 0``, a fresh ``python bench/baseline.py --port 0``
+(the baseline) and a fresh process of each installed peer (bench/peers/: Node ``ws``, Node
+socket.io, python-socketio), one at a time in rotating order; pins the server to one CPU and the
+load generator (``bench/loadgen.js``) to another when there are two; checks the wire format, warms
+the server up, then measures idle memory, connects/s, echo, fan-out and fan-out latency. After the
+passes, the chat workload (10,000 clients in rooms of 10) runs once per server. The tables give
+the median of the passes with the min-max spread; the targets, plainsocket's ratio to the server
+each is set against.
 
 A full run writes ``bench/results/latest.md`` and ``bench/results/latest.png``; a quick run
 writes ``bench/results/raw/quick.md`` so it never overwrites a full run's report. The raw
-numbers of every run go to ``bench/results/raw/`` (not committed), next to the servers' logs.
+numbers of every run go to ``bench/results/raw/`` (not committed), next to the servers' logs;
+``--report-from`` renders a report again from them.
 
 Exit status: 0 when everything ran; 1 when a measurement lost or refused something (error
 frames, clients closed by the server, lost broadcasts, failed connects) or, with ``--check``,
