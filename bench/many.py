@@ -78,6 +78,15 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
+def merged_errors(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Add up the load generators' failed joins by error message."""
+    total: dict[str, int] = {}
+    for row in rows:
+        for message, n in row["errors"].items():
+            total[message] = total.get(message, 0) + n
+    return total
+
+
 def crowd(server: Server, clients: int, node: str, extra_rss: Any = None) -> dict[str, Any]:
     """Open ``clients`` idle connections from several load generators, broadcast once, count."""
     procs_n = max(2, -(-clients // PER_PROCESS))
@@ -169,7 +178,7 @@ def crowd(server: Server, clients: int, node: str, extra_rss: Any = None) -> dic
     out.update(
         open=sum(r["clients"] for r in rows),
         failed=sum(r["failed"] for r in rows),
-        errors={k: v for r in rows for k, v in r["errors"].items()},
+        errors=merged_errors(rows),
         once=sum(r["once"] for r in rows),
         missing=sum(r["missing"] for r in rows),
         duplicated=sum(r["duplicated"] for r in rows),
@@ -228,9 +237,10 @@ def render(runs: list[dict[str, Any]], info: list[str]) -> str:
             f"| {row['setup']} | {row['processes']} | {row['source_addresses']} |"
             f" {row.get('machine_cpu_while_opening', float('nan')):.0f} | {row['close_s']:.1f} |"
         )
-    errors = {k: v for row in runs for k, v in row["errors"].items()}
-    if errors:
-        lines += ["", "Connection errors: " + ", ".join(f"{k} ({v})" for k, v in errors.items())]
+    for row in runs:
+        if row["errors"]:
+            errors = ", ".join(f"{k} ({v:,})" for k, v in row["errors"].items())
+            lines += ["", f"Failed joins, {row['setup']}: {errors}"]
     lines += ["", *info, ""]
     return "\n".join(lines)
 
