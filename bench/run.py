@@ -1050,8 +1050,9 @@ def render_chat(chat: dict[str, dict[str, Any]], params: dict[str, float], rate:
                 cpu = (ours["server_cpu"] or math.nan) / (theirs["server_cpu"] or math.nan)
 
                 def ratio(q: str, theirs: dict[str, Any] = theirs) -> str:
-                    value = ours[q] / theirs[q] if theirs[q] else math.nan
-                    return f"{value:.2f}" if math.isfinite(value) and math.isfinite(ours[q]) else "- (beyond 2 s)"
+                    if not math.isfinite(ours[q]) or not math.isfinite(theirs[q]):
+                        return "- (beyond 2 s)"
+                    return f"{ours[q] / theirs[q]:.2f}" if theirs[q] else "-"
 
                 out.append(f"- plainsocket / {peer}: p50 {ratio('p50')}, p99 {ratio('p99')}, server CPU {cpu:.2f}")
         out.append("")
@@ -1120,7 +1121,7 @@ def render(
     ]
     for target, ratio, met in verdicts:
         if ratio is None:
-            out.append(f"| {target.text} | - | not measured ({target.peer} missing) | - | - |")
+            out.append(f"| {target.text} | - | not measured (no {target.peer} in this run) | - | - |")
             continue
         verdict = "not judged (quick run)" if not judge else ("yes" if met else "**no**")
         cpu_ratio = per_cpu_ratio(passes, target.key, target.peer)

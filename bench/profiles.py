@@ -1,7 +1,7 @@
 """Where plainsocket's time and memory go: the profiles behind bench/README.md's findings.
 
-    python bench/profile.py echo    # py-spy samples of server.py under the echo load, by layer
-    python bench/profile.py idle    # tracemalloc: what 1,000 idle clients joined to /test allocate
+    python bench/profiles.py echo    # py-spy samples of server.py under the echo load, by layer
+    python bench/profiles.py idle    # tracemalloc: what 1,000 idle clients joined to /test allocate
 
 ``echo`` needs ``py-spy`` (pip install -r bench/requirements.txt) and prints the share of samples
 per layer (plainsocket, websockets, json, asyncio) and the top functions by own time; ``idle``
