@@ -11,6 +11,10 @@ benchmark sends (docs/protocol.md), with none of plainsocket's validation, limit
     < {"event":"my response","namespace":"/test","data":{"data":X}}               to the sender
     > {"event":"my broadcast event","namespace":"/test","data":{"data":X}}
     < {"event":"my response","namespace":"/test","data":{"data":X}}               to all of /test
+    > {"event":"join","namespace":"/test","data":{"room":R}}
+    < {"event":"my response","namespace":"/test","data":{"data":"In rooms: R"}}
+    > {"event":"my room event","namespace":"/test","data":{"data":X,"room":R}}
+    < {"event":"my response","namespace":"/test","data":{"data":X}}               to all of room R
     > {"event":"disconnect","namespace":"/test"}                                   leaves /test
 
 Anything else is ignored. When it listens it writes ``listening on http://127.0.0.1:<port>`` to
@@ -41,6 +45,7 @@ PING_INTERVAL = 25.0
 PING_TIMEOUT = 20.0
 
 members: set[ServerConnection] = set()
+rooms: dict[str, set[ServerConnection]] = {}
 
 
 def encode(event: str, namespace: str, data: object) -> str:
@@ -55,6 +60,7 @@ def encode(event: str, namespace: str, data: object) -> str:
 async def handler(ws: ServerConnection) -> None:
     """Run one connection: greet it, then answer its frames in order until it closes."""
     sid = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+    joined: set[str] = set()
     try:
         await ws.send(encode("connect", "/", {"sid": sid, "protocol": 1}))
         async for message in ws:
@@ -74,12 +80,30 @@ async def handler(ws: ServerConnection) -> None:
                 members.add(ws)
                 await ws.send(encode("connect", NAMESPACE, {"sid": sid}))
                 await ws.send(encode("my response", NAMESPACE, {"data": "Connected"}))
+            elif event == "join":
+                room = str(_field(frame.get("data"), "room"))
+                rooms.setdefault(room, set()).add(ws)
+                joined.add(room)
+                await ws.send(encode("my response", NAMESPACE, {"data": "In rooms: " + ", ".join(sorted(joined))}))
+            elif event == "my room event":
+                data = frame.get("data")
+                room_members = rooms.get(str(_field(data, "room")), set())
+                broadcast(room_members, encode("my response", NAMESPACE, {"data": _field(data, "data")}))
             elif event == "disconnect":
                 members.discard(ws)
     except ConnectionClosed:
         pass
     finally:
         members.discard(ws)
+        for room in joined:
+            room_members = rooms[room]
+            room_members.discard(ws)
+            if not room_members:
+                del rooms[room]
+
+
+def _field(data: object, name: str) -> object:
+    return data.get(name) if isinstance(data, dict) else None
 
 
 async def run(host: str, port: int) -> None:

@@ -19,6 +19,21 @@
 //             (waiting for the close handshake); reports completed connections/s
 //   idle      --clients N joined to /test, then prints {"phase":"ready"} and holds them until a
 //             line arrives on stdin (or --hold seconds pass), then closes them and reports
+//   chat      --clients N in rooms of --room-size (named r<--room-base + k>), each sending
+//             --rate "my room event" per second to its room once "go" arrives on stdin (after
+//             {"phase":"ready"}); reports the delivery latency as a histogram (0.01 ms bins) so
+//             the driver can merge several load generators; every room lives in one process, so
+//             emit and receipt are read from one clock
+//   crowd     --clients N joined to /test, opened --open-concurrency at a time and tolerating
+//             failures; prints {"phase":"ready"}, then on stdin: "send" makes the first client
+//             emit one broadcast, {"phase":"delivered"} follows once every client here has it,
+//             "close" reports how many got it exactly once, not at all, or more than once
+//
+// --protocol plainsocket (the default) speaks docs/protocol.md; --protocol socketio speaks
+// Socket.IO's wire format (Engine.IO 4 over a WebSocket, no long-polling) to the same demo
+// handlers, for the python-socketio and Node socket.io peers. --local-address A,B,... binds the
+// clients' sockets to those loopback addresses in turn (127.0.0.x), so several load generators
+// can open more connections to one port than one source address has ephemeral ports.
 //
 // --client wire (the default) is the small RFC 6455 client below: it frames each distinct
 // message once and counts incoming frames without decoding them, so that one core of Node
@@ -38,6 +53,29 @@ const MY_RESPONSE = Buffer.from('"my response"');
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"; // RFC 6455 section 1.3
 const JOIN_TIMEOUT_MS = 10000;
 const READ_BUFFER = Buffer.allocUnsafe(256 * 1024); // shared by all sockets: one read at a time
+
+// The two wire formats the load generator speaks. Everything the modes count ("my response",
+// the "#<seq>#" or "#<ms>#" marks in payloads) reads the same in both.
+const PROTOCOLS = {
+  plainsocket: {
+    path: (url) => url,
+    emit: (event, data) => JSON.stringify({ event, namespace: NAMESPACE, data }),
+  },
+  socketio: {
+    // Engine.IO 4 straight over a WebSocket: what socket.io-client does with transports: ["websocket"].
+    path: (url) => {
+      const target = new URL(url);
+      target.pathname = "/socket.io/";
+      target.search = "?EIO=4&transport=websocket";
+      return target.toString();
+    },
+    emit: (event, data) => `42${NAMESPACE},${JSON.stringify([event, data])}`,
+  },
+};
+let PROTOCOL = PROTOCOLS.plainsocket;
+let EIO = false; // answer Engine.IO pings ("2") with pongs ("3")
+let LOCAL_ADDRESSES = [];
+let nextAddress = 0;
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -116,10 +154,12 @@ class WireConn extends Conn {
       // `onread` hands each read to us in one reused buffer, skipping the stream machinery
       // (https://nodejs.org/api/net.html#socketconnectoptions-connectlistener): the cheapest way
       // for one Node process to take in a fan-out to thousands of sockets.
+      const local = LOCAL_ADDRESSES.length ? { localAddress: LOCAL_ADDRESSES[nextAddress++ % LOCAL_ADDRESSES.length] } : {};
       const socket = net.connect({
         host: target.hostname,
         port: Number(target.port) || 80,
         noDelay: true,
+        ...local,
         onread: {
           buffer: READ_BUFFER,
           callback: (nread, buf) => {
@@ -204,7 +244,8 @@ class WireConn extends Conn {
       const opcode = b0 & 0x0f;
       if (opcode <= 0x2) {
         // A message is counted once, on its final fragment; servers here send whole frames.
-        if (b0 & 0x80) this.handler(buf, start, end);
+        if (EIO && size === 1 && buf[start] === 0x32) this.sendPrepared(EIO_PONG);
+        else if (b0 & 0x80) this.handler(buf, start, end);
       } else if (opcode === 0x8) {
         this.closeCode = size >= 2 ? buf.readUInt16BE(start) : 1005;
         if (!this.closing) this.socket.write(WireConn.frame(0x8, buf.subarray(start, Math.min(end, start + 2))));
@@ -241,12 +282,17 @@ class WireConn extends Conn {
   }
 }
 
+const EIO_PONG = WireConn.frame(0x1, Buffer.from("3"));
+
 // The same interface over the `ws` package.
 class WsConn extends Conn {
   constructor(ws) {
     super();
     this.ws = ws;
-    ws.on("message", (data) => this.handler(data, 0, data.length));
+    ws.on("message", (data) => {
+      if (EIO && data.length === 1 && data[0] === 0x32) ws.send("3");
+      else this.handler(data, 0, data.length);
+    });
     ws.on("close", (code) => {
       this.closed = true;
       this.onclose(code);
@@ -256,7 +302,9 @@ class WsConn extends Conn {
 
   static connect(url) {
     return new Promise((resolve, reject) => {
+      const local = LOCAL_ADDRESSES.length ? { localAddress: LOCAL_ADDRESSES[nextAddress++ % LOCAL_ADDRESSES.length] } : {};
       const ws = new WebSocket(url, {
+        ...local,
         perMessageDeflate: false,
         // The load generator trusts the server's UTF-8; checking it would only cost client CPU.
         skipUTF8Validation: true,
@@ -325,6 +373,10 @@ function parseArgs(argv) {
     "open-concurrency": 100,
     hold: 120,
     deadline: 300,
+    protocol: "plainsocket",
+    "local-address": "",
+    "room-size": 10,
+    "room-base": 0,
   };
   const args = { ...defaults };
   for (let i = 2; i < argv.length; i += 2) {
@@ -338,6 +390,7 @@ function parseArgs(argv) {
   }
   if (!args.url || !args.mode) throw new Error("--url and --mode are required");
   if (!(args.client in CLIENTS)) throw new Error(`--client is one of ${Object.keys(CLIENTS).join(", ")}`);
+  if (!(args.protocol in PROTOCOLS)) throw new Error(`--protocol is one of ${Object.keys(PROTOCOLS).join(", ")}`);
   return args;
 }
 
@@ -362,7 +415,7 @@ function percentile(sorted, q) {
 }
 
 function envelope(event, data) {
-  return JSON.stringify({ event, namespace: NAMESPACE, data: { data } });
+  return PROTOCOL.emit(event, { data });
 }
 
 function contains(buf, start, end, needle) {
@@ -371,6 +424,48 @@ function contains(buf, start, end, needle) {
 
 // Open one connection and complete the /test connect; resolves once "Connected" arrived.
 async function join(Client, url) {
+  return PROTOCOL === PROTOCOLS.socketio ? joinSocketio(Client, url) : joinPlain(Client, url);
+}
+
+// Socket.IO: Engine.IO's open packet, then "40/test," and the namespace's "40/test,{sid}".
+async function joinSocketio(Client, url) {
+  const t0 = performance.now();
+  const conn = await Client.connect(PROTOCOL.path(url));
+  return new Promise((resolve, reject) => {
+    // python-socketio sends what the connect handler emits before the namespace's own "40"
+    // answer, Node's socket.io after it: wait for both, in either order.
+    let joined = false;
+    let welcomed = false;
+    const fail = (err) => {
+      clearTimeout(timer);
+      conn.terminate();
+      reject(err);
+    };
+    const timer = setTimeout(() => fail(new Error("join timed out")), JOIN_TIMEOUT_MS);
+    conn.onclose = (code) => fail(new Error(`closed with ${code} while joining`));
+    conn.onframe = (buf, start, end) => {
+      const text = buf.toString("utf8", start, end);
+      if (text[0] === "0") {
+        conn.send(`40${NAMESPACE},`);
+        return;
+      }
+      if (text.startsWith(`40${NAMESPACE},`)) joined = true;
+      else if (text.startsWith(`42${NAMESPACE},["my response"`)) welcomed = true;
+      else {
+        fail(new Error(`unexpected setup frame: ${text.slice(0, 200)}`));
+        return;
+      }
+      if (joined && welcomed) {
+        clearTimeout(timer);
+        conn.onframe = () => {};
+        conn.onclose = () => {};
+        resolve({ conn, ms: performance.now() - t0 });
+      }
+    };
+  });
+}
+
+async function joinPlain(Client, url) {
   const t0 = performance.now();
   const conn = await Client.connect(url);
   return new Promise((resolve, reject) => {
@@ -508,6 +603,299 @@ async function modeCheck(args) {
   });
   await closeAll([conn, ...others]);
   return { ok: problems.length === 0, problems };
+}
+
+// Socket.IO's check: socket.io-client itself completes the /test connect and sees its echo; two
+// of our own clients must each get exactly the broadcast, which also checks our Socket.IO client.
+async function modeCheckSocketio(args) {
+  const { io } = require("socket.io-client");
+  const problems = [];
+  const expect = (cond, what) => {
+    if (!cond) problems.push(what);
+  };
+  const base = new URL(args.url);
+  const socket = io(`http://${base.host}${NAMESPACE}`, { transports: ["websocket"], reconnection: false });
+  const inbox = [];
+  const waiters = [];
+  socket.on("my response", (msg) => {
+    if (waiters.length) waiters.shift()(msg);
+    else inbox.push(msg);
+  });
+  const next = () =>
+    new Promise((resolve, reject) => {
+      if (inbox.length) return resolve(inbox.shift());
+      const timer = setTimeout(() => reject(new Error("no frame within 5 s")), 5000);
+      waiters.push((msg) => {
+        clearTimeout(timer);
+        resolve(msg);
+      });
+    });
+  const welcome = await next();
+  expect(welcome?.data === "Connected", `welcome ${JSON.stringify(welcome)}`);
+  const others = await joinMany(WireConn, args.url, 2, 2);
+  const boxes = others.map((other) => {
+    const box = [];
+    other.onframe = (buf, start, end) => box.push(buf.toString("utf8", start, end));
+    return box;
+  });
+  const echoData = `echo-${Math.random()}`;
+  socket.emit("my event", { data: echoData });
+  const echoed = await next();
+  expect(echoed?.data === echoData, `echo answer ${JSON.stringify(echoed)}`);
+  const castData = `cast-${Math.random()}`;
+  socket.emit("my broadcast event", { data: castData });
+  const own = await next();
+  expect(own?.data === castData, `own copy ${JSON.stringify(own)}`);
+  await sleep(300);
+  const wanted = PROTOCOL.emit("my response", { data: castData });
+  boxes.forEach((box, i) => {
+    expect(box.length === 1 && box[0] === wanted, `bystander ${i + 1} got ${JSON.stringify(box).slice(0, 200)}`);
+  });
+  socket.close();
+  await closeAll(others);
+  return { ok: problems.length === 0, problems };
+}
+
+// Open n connections, at most `concurrency` at a time, carrying on past failures (counted).
+async function joinTolerant(Client, url, n, concurrency) {
+  const conns = [];
+  const errors = {};
+  let failed = 0;
+  let next = 0;
+  async function worker() {
+    while (next < n) {
+      next++;
+      try {
+        conns.push((await join(Client, url)).conn);
+      } catch (err) {
+        failed++;
+        errors[err.message] = (errors[err.message] || 0) + 1;
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(n, concurrency) }, worker));
+  return { conns, failed, errors };
+}
+
+function readLines(onLine) {
+  let rest = "";
+  process.stdin.setEncoding("utf8");
+  process.stdin.on("data", (chunk) => {
+    rest += chunk;
+    let at;
+    while ((at = rest.indexOf("\n")) !== -1) {
+      const line = rest.slice(0, at).trim();
+      rest = rest.slice(at + 1);
+      onLine(line);
+    }
+  });
+}
+
+function waitLine(expected) {
+  return new Promise((resolve) => {
+    const lines = [];
+    readLines((line) => {
+      lines.push(line);
+      if (line === expected) resolve();
+    });
+    process.stdin.once("end", resolve);
+  });
+}
+
+// Read "#<ms>#" (a float, the emit time on this process's clock) from a frame; NaN without it.
+function stampOf(buf, start, end) {
+  const at = buf.indexOf(0x23, start);
+  if (at === -1 || at >= end) return NaN;
+  let value = 0;
+  let scale = 0;
+  for (let i = at + 1; i < end; i++) {
+    const c = buf[i];
+    if (c === 0x23) return scale ? value / scale : value;
+    if (c === 0x2e) scale = 1;
+    else {
+      value = value * 10 + (c - 48);
+      if (scale) scale *= 10;
+    }
+  }
+  return NaN;
+}
+
+const BIN_MS = 0.01;
+const BINS = 200000; // up to 2 s in 0.01 ms bins; later deliveries are counted as overflow
+
+async function modeChat(args, Client) {
+  const meter0 = cpuMeter();
+  const conns = await joinMany(Client, args.url, args.clients, args["open-concurrency"]);
+  const roomSize = args["room-size"];
+  const roomOf = (i) => `r${args["room-base"] + Math.floor(i / roomSize)}`;
+  // Join each client's room and wait for each answer.
+  await Promise.all(
+    conns.map(
+      (conn, i) =>
+        new Promise((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error("room join timed out")), JOIN_TIMEOUT_MS);
+          conn.onframe = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+          conn.send(PROTOCOL.emit("join", { room: roomOf(i) }));
+        }),
+    ),
+  );
+  const open = meter0();
+  const closes = watchCloses(conns);
+  const hist = new Uint32Array(BINS);
+  let overflow = 0;
+  let maxMs = 0;
+  let windowStart = Infinity;
+  let windowEnd = Infinity;
+  let sentInWindow = 0;
+  let gotInWindow = 0;
+  let received = 0;
+  let bad = 0;
+  const onframe = (buf, start, end) => {
+    const now = performance.now();
+    const t = stampOf(buf, start, end);
+    if (Number.isNaN(t)) {
+      bad++;
+      return;
+    }
+    received++;
+    if (t >= windowStart && t < windowEnd) {
+      gotInWindow++;
+      const ms = now - t;
+      if (ms > maxMs) maxMs = ms;
+      const bin = Math.floor(ms / BIN_MS);
+      if (bin < BINS) hist[bin]++;
+      else overflow++;
+    }
+  };
+  for (const conn of conns) conn.onframe = onframe;
+  process.stdout.write(JSON.stringify({ phase: "ready", clients: conns.length, open_s: open.wall }) + "\n");
+  await waitLine("go");
+  // Client i sends at t0 + (i / clients + k) / rate: evenly spread, --rate per second each.
+  const pad = "x".repeat(args.size);
+  const period = 1000 / args.rate;
+  const t0 = performance.now();
+  const stopAt = t0 + (args.warmup + args.duration) * 1000;
+  windowStart = t0 + args.warmup * 1000;
+  windowEnd = stopAt;
+  const due = Float64Array.from(conns, (_, i) => t0 + (period * i) / conns.length);
+  let meter = null;
+  let sent = 0;
+  let cursor = 0;
+  while (performance.now() < stopAt) {
+    const now = performance.now();
+    if (!meter && now >= windowStart) {
+      mark("measure");
+      meter = cpuMeter();
+    }
+    // Clients are due in index order, round after round: walk from where the last tick stopped.
+    for (let n = 0; n < conns.length && due[cursor] <= now; n++) {
+      const t = performance.now();
+      conns[cursor].send(PROTOCOL.emit("my room event", { data: `#${t.toFixed(3)}#${pad}`, room: roomOf(cursor) }));
+      if (t >= windowStart && t < windowEnd) sentInWindow++;
+      sent++;
+      due[cursor] += period;
+      cursor = (cursor + 1) % conns.length;
+    }
+    await sleep(2);
+  }
+  const { cpu, wall } = meter ? meter() : { cpu: null, wall: 0 };
+  mark("measured");
+  // Every member of the room gets each message, its sender included.
+  const expected = sentInWindow * roomSize;
+  const giveUp = performance.now() + 5000;
+  while (gotInWindow < expected && performance.now() < giveUp) await sleep(20);
+  closes.active = false;
+  const dropped = await closeAll(conns);
+  const bins = [];
+  for (let i = 0; i < BINS; i++) if (hist[i]) bins.push([i, hist[i]]);
+  return {
+    clients: conns.length,
+    open_s: open.wall,
+    sent,
+    sent_in_window: sentInWindow,
+    expected,
+    received_in_window: gotInWindow,
+    received,
+    lost: expected - gotInWindow,
+    bad,
+    bin_ms: BIN_MS,
+    bins,
+    overflow,
+    max: maxMs,
+    wall,
+    cpu,
+    ...closeReport(closes, dropped),
+  };
+}
+
+async function modeCrowd(args, Client) {
+  const meter = cpuMeter();
+  const { conns, failed, errors } = await joinTolerant(Client, args.url, args.clients, args["open-concurrency"]);
+  const open = meter();
+  const closes = watchCloses(conns);
+  const copies = new Uint8Array(conns.length);
+  const tag = Buffer.from("#crowd#");
+  let got = 0;
+  let bad = 0;
+  let sentAt = 0;
+  let doneMs = null;
+  conns.forEach((conn, i) => {
+    conn.onframe = (buf, start, end) => {
+      if (buf.subarray(start, end).indexOf(tag) === -1) {
+        bad++;
+        return;
+      }
+      if (copies[i] < 255) copies[i]++;
+      if (copies[i] === 1 && ++got === conns.length) {
+        doneMs = sentAt ? performance.now() - sentAt : null;
+        process.stdout.write(JSON.stringify({ phase: "delivered", ms: doneMs }) + "\n");
+      }
+    };
+  });
+  const rss = process.memoryUsage().rss;
+  process.stdout.write(
+    JSON.stringify({ phase: "ready", clients: conns.length, failed, open_s: open.wall, loadgen_rss_kib: rss / 1024 }) + "\n",
+  );
+  await new Promise((resolve) => {
+    const timer = setTimeout(resolve, args.hold * 1000);
+    readLines((line) => {
+      if (line === "send" && conns.length) {
+        sentAt = performance.now();
+        conns[0].send(envelope("my broadcast event", "#crowd#"));
+      } else if (line === "close") {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  let once = 0;
+  let missing = 0;
+  let duplicated = 0;
+  for (const n of copies) {
+    if (n === 1) once++;
+    else if (n === 0) missing++;
+    else duplicated++;
+  }
+  closes.active = false;
+  const closeStart = performance.now();
+  const dropped = await closeAll(conns, 20000);
+  return {
+    clients: conns.length,
+    failed,
+    errors,
+    open_s: open.wall,
+    open_cpu: open.cpu,
+    once,
+    missing,
+    duplicated,
+    bad,
+    delivered_ms: doneMs,
+    close_s: (performance.now() - closeStart) / 1000,
+    ...closeReport(closes, dropped),
+  };
 }
 
 async function modeEcho(args, Client) {
@@ -749,7 +1137,9 @@ async function modeIdle(args, Client) {
 }
 
 const MODES = {
-  check: modeCheck,
+  check: (args) => (PROTOCOL === PROTOCOLS.socketio ? modeCheckSocketio(args) : modeCheck(args)),
+  chat: modeChat,
+  crowd: modeCrowd,
   echo: modeEcho,
   fanout: modeFanout,
   latency: modeLatency,
@@ -761,14 +1151,17 @@ async function main() {
   const args = parseArgs(process.argv);
   const mode = MODES[args.mode];
   if (!mode) throw new Error(`unknown mode ${args.mode}; one of ${Object.keys(MODES).join(", ")}`);
+  PROTOCOL = PROTOCOLS[args.protocol];
+  EIO = args.protocol === "socketio";
+  LOCAL_ADDRESSES = args["local-address"] ? args["local-address"].split(",") : [];
   setTimeout(() => {
     process.stderr.write(`loadgen: gave up after --deadline ${args.deadline} s\n`);
     process.exit(3);
   }, args.deadline * 1000).unref();
   const result = await mode(args, CLIENTS[args.client]);
-  const out = { mode: args.mode, client: args.client, node: process.version, ...result };
-  process.stdout.write(JSON.stringify(out) + "\n");
-  process.exit(out.ok === false ? 1 : 0);
+  const out = { mode: args.mode, client: args.client, protocol: args.protocol, node: process.version, ...result };
+  // A pipe takes a long line asynchronously: exit once it is written, not before.
+  process.stdout.write(JSON.stringify(out) + "\n", () => process.exit(out.ok === false ? 1 : 0));
 }
 
 main().catch((err) => {

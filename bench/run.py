@@ -1,20 +1,24 @@
-"""Benchmark plainsocket against a raw ``websockets`` server in one run and report the ratios.
+"""Benchmark plainsocket against raw ``websockets``, Node and Socket.IO in one run; report the targets.
 
 Usage (from the repository root)::
 
-    python bench/run.py              # full run for people: a few minutes, 3 passes
-    python bench/run.py --quick      # seconds, tiny loads, 1 pass, no targets (for CI)
+    python bench/run.py              # full run for people: 5 servers x 3 passes, then the chat workload
+    python bench/run.py --quick      # under a minute, tiny loads, plainsocket and raw websockets (for CI)
     python bench/run.py --scaling    # also fan-out at 100/1,000/5,000 clients, 100 B and 10 KiB
 
-Each pass starts a fresh ``python server.py --port 0`` and a fresh ``python bench/baseline.py
---port 0`` (the order alternates between passes), pins the server to one CPU and the load
-generator (``bench/loadgen.js``) to another when there are two, checks the wire format, warms the
-server up, then measures idle memory, connects/s, echo, fan-out and fan-out latency. The table
-gives the median of the passes with the min-max spread, and the ratio plainsocket / raw.
+Each pass starts a fresh ``python server.py --port 0``, a fresh ``python bench/baseline.py --port 0``
+(the baseline) and a fresh process of each installed peer (bench/peers/: Node ``ws``, Node
+socket.io, python-socketio), one at a time in rotating order; pins the server to one CPU and the
+load generator (``bench/loadgen.js``) to another when there are two; checks the wire format, warms
+the server up, then measures idle memory, connects/s, echo, fan-out and fan-out latency. After the
+passes, the chat workload (10,000 clients in rooms of 10) runs once per server. The tables give
+the median of the passes with the min-max spread; the targets, plainsocket's ratio to the server
+each is set against.
 
 A full run writes ``bench/results/latest.md`` and ``bench/results/latest.png``; a quick run
 writes ``bench/results/raw/quick.md`` so it never overwrites a full run's report. The raw
-numbers of every run go to ``bench/results/raw/`` (not committed), next to the servers' logs.
+numbers of every run go to ``bench/results/raw/`` (not committed), next to the servers' logs;
+``--report-from`` renders a report again from them.
 
 Exit status: 0 when everything ran; 1 when a measurement lost or refused something (error
 frames, clients closed by the server, lost broadcasts, failed connects) or, with ``--check``,
@@ -75,6 +79,58 @@ BUSY_LOADGEN = 90.0
 
 PLAINSOCKET = "plainsocket"
 RAW_WS = "raw websockets"
+NODE_WS = "Node ws"
+NODE_SIO = "Node socket.io"
+PY_SIO = "python-socketio"
+SERVER_ORDER = (PLAINSOCKET, RAW_WS, NODE_WS, NODE_SIO, PY_SIO)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """A server measured next to plainsocket: how to start it and which wire format it speaks."""
+
+    name: str
+    protocol: str  # loadgen.js --protocol: "plainsocket" (docs/protocol.md) or "socketio"
+    argv: Callable[[str, str], list[str]]  # (python, node) -> command line
+    missing: Callable[[], str | None]  # None when it can run, else what to install
+
+
+def _python_module_missing(*modules: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        absent = [name for name in modules if importlib.util.find_spec(name) is None]
+        return f"pip install -r bench/requirements.txt ({', '.join(absent)} missing)" if absent else None
+
+    return check
+
+
+def _node_module_missing(module: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        return None if (ROOT / "node_modules" / module / "package.json").exists() else f"npm ci ({module} missing)"
+
+    return check
+
+
+# Every server but plainsocket and the baseline runs the same demo handlers (bench/peers/).
+PEERS = (
+    Peer(
+        NODE_WS,
+        "plainsocket",
+        lambda py, node: [node, "bench/peers/ws_server.js", "--port", "0"],
+        _node_module_missing("ws"),
+    ),
+    Peer(
+        NODE_SIO,
+        "socketio",
+        lambda py, node: [node, "bench/peers/sio_server.js", "--port", "0"],
+        _node_module_missing("socket.io"),
+    ),
+    Peer(
+        PY_SIO,
+        "socketio",
+        lambda py, node: [py, "bench/peers/sio_server.py", "--port", "0"],
+        _python_module_missing("socketio", "aiohttp"),
+    ),
+)
 
 
 class BenchError(Exception):
@@ -100,6 +156,7 @@ class Profile:
     scaling_clients: tuple[int, ...]
     scaling_sizes: tuple[int, ...]
     scaling: dict[str, float] = field(default_factory=dict)
+    chat: dict[str, float] = field(default_factory=dict)
 
 
 QUICK = Profile(
@@ -114,6 +171,7 @@ QUICK = Profile(
     scaling_clients=(20, 100),
     scaling_sizes=(100, 10240),
     scaling={"senders": 2, "window": 4, "warmup": 0.3, "duration": 1},
+    chat={"clients": 200, "room_size": 10, "rate": 1, "processes": 2, "warmup": 0.5, "duration": 1.5},
 )
 
 FULL = Profile(
@@ -133,27 +191,27 @@ FULL = Profile(
     scaling_clients=(100, 1000, 5000),
     scaling_sizes=(100, 10240),
     scaling={"senders": 2, "window": 4, "warmup": 1, "duration": 3},
+    # The chat of the issue: 10,000 in and 100,000 deliveries out per second.
+    # light_rate: the same rooms at a fifth of the traffic, where no server here is saturated.
+    chat={
+        "clients": 10000,
+        "room_size": 10,
+        "rate": 1,
+        "light_rate": 0.2,
+        "processes": 4,
+        "warmup": 3,
+        "duration": 10,
+    },
 )
 
 
 @dataclass(frozen=True)
 class Metric:
-    """One row of the table: how to read it from a pass and how plainsocket should compare."""
+    """One row of the table: a figure of each server (the targets are in TARGETS)."""
 
     key: str
     label: str
     higher_is_better: bool
-    target: float | None  # bound on plainsocket / raw websockets; None: shown, not judged
-
-    def target_text(self) -> str:
-        if self.target is None:
-            return "-"
-        return f"{'≥' if self.higher_is_better else '≤'} {self.target:.2f}"
-
-    def met(self, ratio: float) -> bool | None:
-        if self.target is None:
-            return None
-        return ratio >= self.target if self.higher_is_better else ratio <= self.target
 
 
 def metrics(profile: Profile) -> list[Metric]:
@@ -161,18 +219,17 @@ def metrics(profile: Profile) -> list[Metric]:
     e, f, lat, c = profile.echo, profile.fanout, profile.latency, profile.connects
     paced = f"{lat['rate']:.0f} broadcasts/s to {lat['clients']:,.0f}"
     return [
-        Metric("echo", f"echo: responses/s ({e['clients']:.0f} clients x {e['window']:.0f} in flight)", True, 0.9),
+        Metric("echo", f"echo: responses/s ({e['clients']:.0f} clients x {e['window']:.0f} in flight)", True),
         Metric(
             "fanout",
-            f"fan-out: deliveries/s ({f['clients']:,.0f} clients, {f['senders']:.0f} senders"
+            f"burst fan-out: deliveries/s ({f['clients']:,.0f} clients, {f['senders']:.0f} senders"
             f" x {f['window']:.0f} in flight)",
             True,
-            0.9,
         ),
-        Metric("latency_p50", f"fan-out latency p50, ms ({paced})", False, None),
-        Metric("latency_p99", f"fan-out latency p99, ms ({paced})", False, 1.2),
-        Metric("idle_kib", f"idle memory: KiB per connection ({profile.idle_clients:,} joined to /test)", False, 1.25),
-        Metric("connects", f"connects/s (open, join /test, close; {c['concurrency']:.0f} at a time)", True, 0.9),
+        Metric("latency_p50", f"paced fan-out latency p50, ms ({paced})", False),
+        Metric("latency_p99", f"paced fan-out latency p99, ms ({paced})", False),
+        Metric("idle_kib", f"idle memory: KiB per connection ({profile.idle_clients:,} joined to /test)", False),
+        Metric("connects", f"connects/s (open, join /test, close; {c['concurrency']:.0f} at a time)", True),
     ]
 
 
@@ -190,11 +247,34 @@ def cpu_plan() -> tuple[set[int] | None, set[int] | None]:
     return {cpus[0]}, {cpus[1]}
 
 
-def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
-    """Return a ``preexec_fn`` that pins the child (and every thread it starts) to ``cpus``."""
-    if cpus is None:
-        return None
-    return lambda: os.sched_setaffinity(0, cpus)
+def raise_open_files() -> int:
+    """Raise this process's soft limit on open files to its hard limit; return the new limit.
+
+    Thousands of clients need as many descriptors, in the server and in the load generator;
+    the hard limit is what an unprivileged process can reach (20,000 here).
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def pinned(cpus: set[int] | None) -> Callable[[], None]:
+    """Return a ``preexec_fn`` that pins the child (and its threads) to ``cpus`` and lifts its fd limit."""
+
+    def setup() -> None:
+        raise_open_files()
+        if cpus is not None:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
 
 
 def proc_rss_kib(pid: int) -> int:
@@ -272,8 +352,11 @@ def listening_port(pid: int) -> int | None:
 class Server:
     """One server process started for one pass, its port read from its log."""
 
-    def __init__(self, name: str, argv: Sequence[str], cpus: set[int] | None, log: Path) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], cpus: set[int] | None, log: Path, protocol: str = "plainsocket"
+    ) -> None:
         self.name = name
+        self.protocol = protocol
         self.argv = list(argv)
         self.cpus = cpus
         self.log = log
@@ -403,7 +486,7 @@ class Loadgen:
         """Run one mode to completion and return its JSON result, plus the server's CPU use."""
         timeout = 60 + 3 * (params.get("warmup", 0) + params.get("duration", 0))
         argv = [self.node, str(BENCH / "loadgen.js"), "--url", server.url, "--mode", mode]
-        argv += ["--client", self.client, "--deadline", f"{timeout:g}"]
+        argv += ["--client", self.client, "--protocol", server.protocol, "--deadline", f"{timeout:g}"]
         for key, value in params.items():
             argv += [f"--{key}", f"{value:g}"]
         errors = tempfile.TemporaryFile("w+")  # a file, not a pipe: nobody reads it until the end
@@ -455,9 +538,188 @@ class Loadgen:
                 result["other_cpu"] = max(0.0, busy - result["server_cpu"] - result["cpu"])
         return result
 
+    def run_group(
+        self, server: Server, mode: str, shares: Sequence[dict[str, Any]], go: str = "go"
+    ) -> tuple[list[dict[str, Any]], float | None]:
+        """Run several load generators at once, each with its own ``shares[i]`` parameters.
+
+        Each one opens its connections and says ``ready``; then all get ``go`` on stdin together.
+        Returns their results and the server's CPU use (% of one core) from the first
+        ``measure`` to the last ``measured``.
+        """
+        import queue
+
+        timeout = 120 + 3 * max(float(share.get("warmup", 0)) + float(share.get("duration", 0)) for share in shares)
+        events: queue.Queue[tuple[int, dict[str, Any] | None]] = queue.Queue()
+        procs = []
+        logs = []  # each one's stderr, in a file: nobody reads it until the end
+        for i, share in enumerate(shares):
+            argv = [self.node, str(BENCH / "loadgen.js"), "--url", server.url, "--mode", mode]
+            argv += ["--client", self.client, "--protocol", server.protocol, "--deadline", f"{timeout:g}"]
+            for key, value in share.items():
+                argv += [f"--{key}", value if isinstance(value, str) else f"{value:g}"]
+            logs.append(tempfile.TemporaryFile("w+"))
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=logs[-1],
+                text=True,
+                preexec_fn=pinned(self.cpus),
+            )
+            procs.append(proc)
+
+            def pump(index: int, out: Any) -> None:
+                for line in out:
+                    events.put((index, json.loads(line)))
+                events.put((index, None))
+
+            threading.Thread(target=pump, args=(i, proc.stdout), daemon=True).start()
+        results: list[dict[str, Any] | None] = [None] * len(procs)
+        ready = measuring = measured = finished = 0
+        cpu0 = cpu1 = t0 = t1 = 0.0
+        deadline = time.monotonic() + timeout + 15
+        try:
+            while finished < len(procs):
+                try:
+                    index, message = events.get(timeout=max(0.1, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise BenchError(f"loadgen {mode} against {server.name}: no answer within {timeout:g} s") from None
+                if message is None:
+                    finished += 1
+                    continue
+                phase = message.get("phase")
+                if phase == "ready":
+                    ready += 1
+                    if ready == len(procs):
+                        for proc in procs:
+                            assert proc.stdin is not None
+                            proc.stdin.write(go + "\n")
+                            proc.stdin.flush()
+                elif phase == "measure":
+                    measuring += 1
+                    if measuring == 1:
+                        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+                elif phase == "measured":
+                    measured += 1
+                    if measured == len(procs):
+                        cpu1, t1 = server.cpu_seconds(), time.monotonic()
+                elif phase is None:
+                    results[index] = message
+            for proc in procs:
+                proc.wait(30)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        failed = [i for i, result in enumerate(results) if result is None or procs[i].returncode not in (0, 1)]
+        details = []
+        for log in logs:
+            log.seek(0)
+            details.append(log.read())
+            log.close()
+        if failed:
+            detail = details[failed[0]][-2000:]
+            raise BenchError(f"loadgen {mode} against {server.name} failed:\n{detail}")
+        cpu = 100 * (cpu1 - cpu0) / (t1 - t0) if t1 > t0 else None
+        return [result for result in results if result is not None], cpu
+
 
 # ---------------------------------------------------------------------------------------------
 # Scenarios
+
+
+# Loopback source addresses for the load generators: 127.0.0.1 alone has about 28,000 ephemeral
+# ports toward one server port (/proc/sys/net/ipv4/ip_local_port_range), and a socket bound to
+# an address before connect() takes one of them for good.
+def source_addresses(n: int, first: int = 2) -> list[str]:
+    return [f"127.0.0.{first + i}" for i in range(n)]
+
+
+def merge_histograms(results: Sequence[dict[str, Any]]) -> tuple[list[tuple[float, int]], int]:
+    """Merge the load generators' latency histograms: (bin start in ms, count) sorted, overflow."""
+    counts: dict[int, int] = {}
+    width = results[0]["bin_ms"]
+    for result in results:
+        for index, n in result["bins"]:
+            counts[index] = counts.get(index, 0) + n
+    return [(index * width, counts[index]) for index in sorted(counts)], sum(r["overflow"] for r in results)
+
+
+def histogram_quantile(bins: Sequence[tuple[float, int]], overflow: int, q: float) -> float:
+    """Return the q-quantile (ms, the bin's upper edge) of a merged histogram; inf in the overflow."""
+    total = sum(n for _, n in bins) + overflow
+    if total == 0:
+        return math.nan
+    rank = math.ceil(q * total)
+    seen = 0
+    width = bins[1][0] - bins[0][0] if len(bins) > 1 else 0.01
+    for start, n in bins:
+        seen += n
+        if seen >= rank:
+            return start + min(width, 0.01)
+    return math.inf
+
+
+def measure_chat(server: Server, loadgen: Loadgen, params: dict[str, float]) -> dict[str, Any]:
+    """The chat workload: clients in rooms, each sending ``rate`` messages/s to its own room.
+
+    The clients are split across ``processes`` load generators (whole rooms each, one loopback
+    source address each), so no process nears its descriptor limit and every room's emit and
+    receipt are timed on one clock.
+    """
+    clients, size, procs = int(params["clients"]), int(params["room_size"]), int(params["processes"])
+    rooms = clients // size
+    shares = []
+    for i, address in enumerate(source_addresses(procs)):
+        first, last = rooms * i // procs, rooms * (i + 1) // procs
+        shares.append(
+            {
+                "clients": (last - first) * size,
+                "room-size": size,
+                "room-base": first,
+                "rate": params["rate"],
+                "size": params.get("size", 100),
+                "warmup": params["warmup"],
+                "duration": params["duration"],
+                "open-concurrency": params.get("open_concurrency", 50),
+                "local-address": address,
+            }
+        )
+    busy0 = machine_busy_seconds()
+    started = time.monotonic()
+    results, server_cpu = loadgen.run_group(server, "chat", shares)
+    busy1 = machine_busy_seconds()
+    bins, overflow = merge_histograms(results)
+    sent = sum(r["sent_in_window"] for r in results)
+    wall = max(r["wall"] for r in results) or math.nan
+    delivered = sum(r["received_in_window"] for r in results)
+    out: dict[str, Any] = {
+        "clients": sum(r["clients"] for r in results),
+        "rooms": rooms,
+        "processes": procs,
+        "messages_per_s": sent / wall,
+        "deliveries_per_s": delivered / wall,
+        "p50": histogram_quantile(bins, overflow, 0.50),
+        "p90": histogram_quantile(bins, overflow, 0.90),
+        "p99": histogram_quantile(bins, overflow, 0.99),
+        "max": max(r["max"] for r in results),
+        "server_cpu": server_cpu,
+        "cpu": sum(r["cpu"] or 0 for r in results),
+        "open_s": max(r["open_s"] for r in results),
+        "lost": sum(r["lost"] for r in results),
+        "bad": sum(r["bad"] for r in results),
+        "unexpected_closes": sum(r["unexpected_closes"] for r in results),
+        "close_codes": {},
+        "server_rss_kib": server.rss_kib(),
+    }
+    if busy0 is not None and busy1 is not None and server_cpu is not None:
+        # Over the whole run (opening included): a rough figure of other work on the machine.
+        spent = 100 * (busy1 - busy0) / (time.monotonic() - started)
+        out["machine_cpu"] = spent
+    return out
 
 
 # A measurement with any of these lost or refused something; the run then exits with status 1.
@@ -519,6 +781,7 @@ def measure_idle(server: Server, loadgen: Loadgen, clients: int) -> dict[str, An
 
 
 SCENARIOS = ("idle", "connects", "echo", "fanout", "latency")
+ALL_SCENARIOS = (*SCENARIOS, "chat")  # chat runs once per server, after the passes
 
 
 def one_pass(
@@ -548,7 +811,8 @@ def one_pass(
     raw["rss_end_kib"] = server.rss_kib()
     notes = []
     for key in scenarios:
-        notes += anomalies(f"{server.name} {key}", raw[key])
+        if key in raw:
+            notes += anomalies(f"{server.name} {key}", raw[key])
     return raw, notes
 
 
@@ -648,10 +912,19 @@ def machine_info(
         pass
 
     node_version = subprocess.run([args.node, "--version"], capture_output=True, text=True).stdout.strip()
-    try:
-        ws_version = json.loads((ROOT / "node_modules/ws/package.json").read_text())["version"]
-    except (OSError, KeyError, ValueError):
-        ws_version = "unknown"
+
+    def node_package(name: str) -> str:
+        try:
+            return str(json.loads((ROOT / "node_modules" / name / "package.json").read_text())["version"])
+        except (OSError, KeyError, ValueError):
+            return "not installed"
+
+    def python_package(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
     pinning = (
         f"server on CPU {sorted(server_cpus)}, load generator on CPU {sorted(load_cpus)}"
         if server_cpus and load_cpus
@@ -660,15 +933,157 @@ def machine_info(
     lines = [
         f"- CPU: {model}, {os.cpu_count()} logical CPUs; pinning: {pinning}",
         f"- OS: {platform.system()} {platform.release()}",
-        f"- Python {platform.python_version()}, websockets {importlib.metadata.version('websockets')};"
-        f" raw websockets server on {args.loop} (server.py picks uvloop when it is installed)",
-        f"- Node {node_version}, ws {ws_version}, load generator client: {args.client}",
+        f"- Python {platform.python_version()}, websockets {python_package('websockets')};"
+        f" raw websockets server on {args.loop} (server.py picks uvloop when it is installed);"
+        f" python-socketio {python_package('python-socketio')}, aiohttp {python_package('aiohttp')}",
+        f"- Node {node_version}, ws {node_package('ws')}, socket.io {node_package('socket.io')};"
+        f" load generator client: {args.client}",
         f"- commit: {commit}, {time.strftime('%Y-%m-%d %H:%M %Z')}",
         f"- command: `{shlex.join(['python', 'bench/run.py', *sys.argv[1:]])}`",
-        f"- plainsocket: `{shlex.join(commands[PLAINSOCKET][1:])}`",
-        f"- raw websockets: `{shlex.join(commands[RAW_WS][1:])}`",
     ]
+    lines += [f"- {name}: `{shlex.join(argv[1:])}`" for name, argv in commands.items()]
     return lines
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the performance targets: plainsocket's figure over a peer's, and its bound."""
+
+    text: str
+    key: str  # a row of FIGURES
+    peer: str
+    bound: float
+    higher_is_better: bool
+
+    def met(self, ratio: float) -> bool:
+        return ratio >= self.bound if self.higher_is_better else ratio <= self.bound
+
+
+TARGETS = (
+    Target("echo ≥ Node socket.io", "echo", NODE_SIO, 1.0, True),
+    Target("echo ≥ 0.8x Node ws (stretch)", "echo", NODE_WS, 0.8, True),
+    Target("paced fan-out p99 ≤ 1.0x raw websockets", "latency_p99", RAW_WS, 1.0, False),
+    Target("burst fan-out ≥ 5x raw websockets", "fanout", RAW_WS, 5.0, True),
+    Target("idle KiB/conn ≤ 0.8x raw websockets", "idle_kib", RAW_WS, 0.8, False),
+    Target("connects/s ≥ 1.0x raw websockets", "connects", RAW_WS, 1.0, True),
+)
+
+
+def median_of(passes: list[dict[str, Any]], name: str, key: str) -> Spread | None:
+    """The spread of one figure of one server over the passes, None when it was not measured."""
+    xs = [p[name]["values"][key] for p in passes if name in p and key in p[name]["values"]]
+    return Spread.of(xs) if xs else None
+
+
+# Throughput rows and the scenario whose server CPU they divide by: rate per CPU-second of the server.
+PER_CPU = {"echo": "echo", "fanout": "fanout", "connects": "connects"}
+
+
+def per_cpu_ratio(passes: list[dict[str, Any]], key: str, peer: str) -> float | None:
+    """plainsocket's rate per second of its own CPU over the peer's: what a busy machine distorts least.
+
+    When other work takes CPU time from the server, its rate falls with it; the work done per
+    CPU-second of the server falls much less, so this ratio is the one to read on a shared machine.
+    """
+    scenario = PER_CPU.get(key)
+    if scenario is None:
+        return None
+
+    def per_cpu(name: str) -> float | None:
+        xs = []
+        for p in passes:
+            raw = p.get(name, {}).get("raw", {}).get(scenario)
+            if raw and raw.get("server_cpu"):
+                xs.append(raw["rate"] / (raw["server_cpu"] / 100))
+        return statistics.median(xs) if xs else None
+
+    ours, theirs = per_cpu(PLAINSOCKET), per_cpu(peer)
+    return ours / theirs if ours and theirs else None
+
+
+def judge_targets(passes: list[dict[str, Any]]) -> list[tuple[Target, float | None, bool | None]]:
+    """Each target with plainsocket's ratio to its peer (None when either was not measured)."""
+    verdicts = []
+    for target in TARGETS:
+        ours, theirs = median_of(passes, PLAINSOCKET, target.key), median_of(passes, target.peer, target.key)
+        if ours is None or theirs is None or not theirs.median:
+            verdicts.append((target, None, None))
+            continue
+        ratio = ours.median / theirs.median
+        verdicts.append((target, ratio, target.met(ratio)))
+    return verdicts
+
+
+def latency_cell(ms: float) -> str:
+    """A latency quantile; beyond the histogram's 2 s it is only known to be later."""
+    return "> 2,000" if math.isinf(ms) else fmt(ms)
+
+
+def render_chat(chat: dict[str, dict[str, Any]], params: dict[str, float], rate: float | None = None) -> list[str]:
+    """The chat workload's table: one row per server."""
+    rate = params["rate"] if rate is None else rate
+    out = [f"## Chat workload, {rate:g} message/s per client", ""]
+    out += [
+        f"{params['clients']:,.0f} clients in rooms of {params['room_size']:.0f}, each sending"
+        f" {rate:g} `my room event`/s to its room (the sender gets its copy too), from"
+        f" {params['processes']:.0f} load generators on their own 127.0.0.x; {params['duration']:g} s measured"
+        f" after {params['warmup']:g} s. Latency: emit to receipt, every delivery, one clock per room.",
+        "",
+        "| server | messages in/s | deliveries/s | p50 ms | p90 ms | p99 ms | max ms | server CPU %"
+        " | late (> 5 s) or lost"
+        " | server RSS, MiB | load generators CPU % (sum) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in chat.items():
+        out.append(
+            f"| {name} | {fmt(r['messages_per_s'])} | {fmt(r['deliveries_per_s'])} | {latency_cell(r['p50'])}"
+            f" | {latency_cell(r['p90'])} | {latency_cell(r['p99'])} | {fmt(r['max'])}"
+            f" | {fmt(r['server_cpu'] or math.nan)}"
+            f" | {r['lost']:,} | {fmt(r['server_rss_kib'] / 1024)} | {fmt(r['cpu'])} |"
+        )
+    out.append("")
+    if PLAINSOCKET in chat:
+        ours = chat[PLAINSOCKET]
+        for peer in (NODE_SIO, PY_SIO, RAW_WS):
+            if peer in chat and chat[peer]["p99"]:
+                theirs = chat[peer]
+                cpu = (ours["server_cpu"] or math.nan) / (theirs["server_cpu"] or math.nan)
+
+                def ratio(q: str, theirs: dict[str, Any] = theirs) -> str:
+                    if not math.isfinite(ours[q]) or not math.isfinite(theirs[q]):
+                        return "- (beyond 2 s)"
+                    return f"{ours[q] / theirs[q]:.2f}" if theirs[q] else "-"
+
+                out.append(f"- plainsocket / {peer}: p50 {ratio('p50')}, p99 {ratio('p99')}, server CPU {cpu:.2f}")
+        out.append("")
+    return out
+
+
+def render_many(many: dict[str, Any] | None) -> list[str]:
+    """Summarise the last many-connections run (bench/many.py), when there is one."""
+    if not many:
+        return [
+            "## Many connections",
+            "",
+            "Not measured in this run: `python bench/many.py` (see bench/README.md).",
+            "",
+        ]
+    out = ["## Many connections (bench/many.py, run separately)", ""]
+    out += [
+        "| set-up | connections asked | open | failed | time to connect, s | connects/s | broadcast: exactly once"
+        " | missing | duplicated | delivered to all in, ms | server RSS, MiB | KiB per connection |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in many.get("runs", []):
+        out.append(
+            f"| {row['setup']} | {row['asked']:,} | {row['open']:,} | {row['failed']:,} | {fmt(row['open_s'])}"
+            f" | {fmt(row['open'] / row['open_s'] if row['open_s'] else math.nan)} | {row['once']:,}"
+            f" | {row['missing']:,} | {row['duplicated']:,} | {fmt(row['delivered_ms'] or math.nan)}"
+            f" | {fmt(row['rss_kib'] / 1024)}"
+            f" | {fmt(row['kib_per_conn'])} |"
+        )
+    out += ["", f"Measured {many.get('when', '?')}, commit {many.get('commit', '?')}.", ""]
+    return out
 
 
 def render(
@@ -678,56 +1093,92 @@ def render(
     notes: list[str],
     info: list[str],
     judge: bool,
-) -> tuple[str, list[tuple[Metric, float, bool | None]]]:
-    """Render the markdown report; also return each metric's ratio and verdict."""
-    out = [f"# plainsocket vs raw websockets ({profile.name} run, {len(passes)} pass(es))", ""]
-    out += ["| metric | plainsocket | raw websockets | ratio | target |", "|---|---:|---:|---:|---|"]
-    verdicts = []
+    chat: dict[str, dict[str, Any]] | None = None,
+    many: dict[str, Any] | None = None,
+    chat_light: dict[str, dict[str, Any]] | None = None,
+) -> tuple[str, list[tuple[Target, float | None, bool | None]]]:
+    """Render the markdown report; also return each target's ratio and verdict."""
+    names = [name for name in passes[0]]
+    names.sort(key=lambda name: SERVER_ORDER.index(name) if name in SERVER_ORDER else len(SERVER_ORDER))
+    out = [f"# plainsocket, raw websockets and peers ({profile.name} run, {len(passes)} pass(es))", ""]
+    out += ["| metric | " + " | ".join(names) + " | plainsocket / raw |", "|---|" + "---:|" * (len(names) + 1)]
     measured = [metric for metric in metrics(profile) if metric.key in passes[0][PLAINSOCKET]["values"]]
     for metric in measured:
-        ours = Spread.of([p[PLAINSOCKET]["values"][metric.key] for p in passes])
-        theirs = Spread.of([p[RAW_WS]["values"][metric.key] for p in passes])
-        ratio = ours.median / theirs.median if theirs.median else float("nan")
-        met = metric.met(ratio) if judge else None
-        verdicts.append((metric, ratio, met))
-        if metric.target is None:
-            target = "-"
-        elif not judge:
-            target = f"{metric.target_text()} (not judged in a quick run)"
+        cells = []
+        for name in names:
+            spread = median_of(passes, name, metric.key)
+            cells.append(cell(spread) if spread else "-")
+        ours, raw = median_of(passes, PLAINSOCKET, metric.key), median_of(passes, RAW_WS, metric.key)
+        ratio = f"{ours.median / raw.median:.2f}" if ours and raw and raw.median else "-"
+        out.append(f"| {metric.label} | " + " | ".join(cells) + f" | {ratio} |")
+    out += ["", "Median of the passes, (min-max) when there are several.", ""]
+
+    verdicts = judge_targets(passes)
+    out += ["## Targets", ""]
+    out += [
+        "| target | plainsocket / peer | met | per server CPU-second | met per CPU-second |",
+        "|---|---:|---|---:|---|",
+    ]
+    for target, ratio, met in verdicts:
+        if ratio is None:
+            out.append(f"| {target.text} | - | not measured (no {target.peer} in this run) | - | - |")
+            continue
+        verdict = "not judged (quick run)" if not judge else ("yes" if met else "**no**")
+        cpu_ratio = per_cpu_ratio(passes, target.key, target.peer)
+        if cpu_ratio is None:
+            cpu_cells = "- | -"
         else:
-            target = f"{metric.target_text()}: {'ok' if met else '**missed**'}"
-        out.append(f"| {metric.label} | {cell(ours)} | {cell(theirs)} | {ratio:.2f} | {target} |")
-    out += ["", "Median of the passes, (min-max) when there are several; ratio = plainsocket / raw websockets.", ""]
+            cpu_met = target.met(cpu_ratio)
+            cpu_cells = f"{cpu_ratio:.2f} | " + ("-" if not judge else ("yes" if cpu_met else "**no**"))
+        out.append(f"| {target.text} | {ratio:.2f} | {verdict} | {cpu_cells} |")
+    out += [
+        "",
+        "The first ratio is the one the targets are set on. The second divides each server's rate by",
+        "the CPU time it got during the measurement: when other work shares the machine (see",
+        '"anything else" below) the server gets less than a core and its rate falls with it, while',
+        "its work per CPU-second falls much less.",
+        "",
+    ]
+    print("targets:", file=sys.stderr)
+    for target, ratio, met in verdicts:
+        shown = f"{ratio:.2f}" if ratio is not None else "-"
+        verdict = "not measured" if ratio is None else ("not judged" if not judge else ("met" if met else "MISSED"))
+        print(f"  {target.text}: {shown} ({verdict})", file=sys.stderr)
+
+    if chat:
+        out += render_chat(chat, profile.chat)
+    if chat_light:
+        out += render_chat(chat_light, profile.chat, profile.chat["light_rate"])
+    out += render_many(many)
 
     out += ["## Who was busy", ""]
     out += [
-        "CPU use during each measured window, in % of one core (median). A server near 100 % with",
-        "the load generator well below it means the server was the limit, as intended.",
+        "Each server's CPU use during each measured window, in % of one core (median), then the",
+        "load generator's (the highest against any server) and anything else on the machine. A server",
+        "near 100 % with the load generator well below it means the server was the limit, as intended.",
         "",
-        "| scenario | plainsocket server | raw server | load generator (vs plainsocket) | load generator (vs raw)"
-        " | anything else (max) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| scenario | " + " | ".join(names) + " | load generator (max) | anything else (max) |",
+        "|---|" + "---:|" * (len(names) + 2),
     ]
     for key in ("echo", "fanout", "latency", "connects"):
         if key not in passes[0][PLAINSOCKET]["raw"]:
             continue
         row = [key]
-        for name in (PLAINSOCKET, RAW_WS):
+        for name in names:
             row.append(fmt(statistics.median(p[name]["raw"][key].get("server_cpu", math.nan) for p in passes)))
-        for name in (PLAINSOCKET, RAW_WS):
-            row.append(fmt(statistics.median(p[name]["raw"][key]["cpu"] for p in passes)))
+        row.append(fmt(max(p[name]["raw"][key]["cpu"] for p in passes for name in p)))
         row.append(fmt(max(p[name]["raw"][key].get("other_cpu", math.nan) for p in passes for name in p)))
         out.append("| " + " | ".join(row) + " |")
     out += [
         "",
-        '"Anything else" is the CPU time the machine spent outside the two processes (the kernel\'s',
-        "own threads, other programs). More than a few % means other work shared the machine and",
-        "the figures above are noisier than their spread suggests.",
+        '"Anything else" is the CPU time the machine spent outside the server and the load generator',
+        "(the kernel's own threads, other programs). More than a few % means other work shared the",
+        "machine and the figures above are noisier than their spread suggests.",
         "",
     ]
 
     out += ["## Details", ""]
-    out += ["| figure | plainsocket | raw websockets |", "|---|---:|---:|"]
+    out += ["| figure | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     paced = profile.latency["rate"] * profile.latency["clients"]  # deliveries/s in the latency run
     details: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
         ("fan-out: broadcasts/s", lambda r: r["fanout"]["broadcasts_per_s"]),
@@ -747,11 +1198,14 @@ def render(
         ("server RSS at the end, MiB", lambda r: r["rss_end_kib"] / 1024),
     ]
     for label, get in details:
-        try:
-            cells = [cell(Spread.of([get(p[name]["raw"]) for p in passes])) for name in (PLAINSOCKET, RAW_WS)]
-        except (KeyError, ZeroDivisionError):  # a scenario left out with --only, or one that failed
-            continue
-        out.append(f"| {label} | {cells[0]} | {cells[1]} |")
+        cells = []
+        for name in names:
+            try:
+                cells.append(cell(Spread.of([get(p[name]["raw"]) for p in passes])))
+            except (KeyError, ZeroDivisionError, TypeError):  # left out with --only, or it failed
+                cells.append("-")
+        if any(c != "-" for c in cells):
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
     out.append("")
 
     if scaling:
@@ -786,10 +1240,23 @@ def render(
     return "\n".join(out), verdicts
 
 
+COLORS = {
+    PLAINSOCKET: "#1f77b4",
+    RAW_WS: "#999999",
+    NODE_WS: "#2ca02c",
+    NODE_SIO: "#ff7f0e",
+    PY_SIO: "#d62728",
+}
+
+
 def plot(
-    path: Path, profile: Profile, passes: list[dict[str, Any]], scaling: dict[str, list[list[dict[str, Any]]]]
+    path: Path,
+    profile: Profile,
+    passes: list[dict[str, Any]],
+    scaling: dict[str, list[list[dict[str, Any]]]],
+    chat: dict[str, dict[str, Any]] | None = None,
 ) -> bool:
-    """Draw the comparison (and the scaling curves) to ``path``; False when matplotlib is missing."""
+    """Draw the comparison (and the chat latencies) to ``path``; False when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -797,49 +1264,50 @@ def plot(
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    names = [name for name in SERVER_ORDER if name in passes[0]]
     rows = [metric for metric in metrics(profile) if metric.key in passes[0][PLAINSOCKET]["values"]]
-    panels = len(rows) + (2 if scaling else 0)
+    panels = len(rows) + (1 if chat else 0)
     ncols = min(4, panels)
     nrows = math.ceil(panels / ncols)
-    fig, grid = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 3.2 * nrows), squeeze=False)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.6 * nrows), squeeze=False)
     axes = list(grid.flat)
-    colors = {PLAINSOCKET: "#1f77b4", RAW_WS: "#999999"}
+    short = {
+        PLAINSOCKET: "plain\nsocket",
+        RAW_WS: "raw\nws",
+        NODE_WS: "Node\nws",
+        NODE_SIO: "Node\nsocket.io",
+        PY_SIO: "python-\nsocketio",
+    }
     for ax, metric in zip(axes, rows, strict=False):
-        medians = []
-        for x, name in enumerate((PLAINSOCKET, RAW_WS)):
-            s = Spread.of([p[name]["values"][metric.key] for p in passes])
-            medians.append(s.median)
-            ax.bar(x, s.median, color=colors[name], yerr=[[s.median - s.low], [s.high - s.median]], capsize=4)
-        ax.set_xticks([0, 1], ["plainsocket", "raw websockets"])
-        verdict = f", target {metric.target_text()}" if metric.target is not None else ""
-        ax.set_title(
-            f"{metric.label.split(' (')[0]}\nratio {medians[0] / medians[1] if medians[1] else math.nan:.2f}{verdict}",
-            fontsize=9,
-        )
-        ax.tick_params(labelsize=8)
-    if scaling:
-        ax_rate, ax_rss = axes[len(rows)], axes[len(rows) + 1]
-        for name in (PLAINSOCKET, RAW_WS):
-            runs = scaling[name]
-            for size, style in zip(profile.scaling_sizes, ("-o", "--s"), strict=False):
-                idx = [i for i, row in enumerate(runs[0]) if row["size"] == size]
-                xs = [runs[0][i]["clients"] for i in idx]
-                rate = [statistics.median(run[i]["rate"] for run in runs) for i in idx]
-                rss = [statistics.median(run[i]["server_peak_rss_kib"] / 1024 for run in runs) for i in idx]
-                label = f"{'plainsocket' if name == PLAINSOCKET else 'raw'}, {size:,} B"
-                ax_rate.plot(xs, rate, style, color=colors[name], label=label)
-                ax_rss.plot(xs, rss, style, color=colors[name], label=label)
-        for ax, title in ((ax_rate, "fan-out deliveries/s by clients"), (ax_rss, "server peak RSS, MiB, by clients")):
-            ax.set_xscale("log")
-            ax.set_ylim(bottom=0)
-            ax.set_title(title, fontsize=9)
-            ax.tick_params(labelsize=8)
-            ax.legend(fontsize=7)
+        for x, name in enumerate(names):
+            s = median_of(passes, name, metric.key)
+            if s is None:
+                continue
+            ax.bar(
+                x,
+                s.median,
+                color=COLORS.get(name, "#444444"),
+                yerr=[[s.median - s.low], [s.high - s.median]],
+                capsize=3,
+            )
+        ax.set_xticks(range(len(names)), [short.get(name, name) for name in names])
+        ax.set_title(metric.label.split(" (")[0], fontsize=9)
+        ax.tick_params(labelsize=7)
+    if chat:
+        ax = axes[len(rows)]
+        chat_names = [name for name in SERVER_ORDER if name in chat]
+        width = 0.4
+        for x, name in enumerate(chat_names):
+            p50, p99 = (min(chat[name][q], 2000.0) for q in ("p50", "p99"))  # the histogram ends at 2 s
+            ax.bar(x - width / 2, p50, width, color=COLORS.get(name, "#444444"), alpha=0.5)
+            ax.bar(x + width / 2, p99, width, color=COLORS.get(name, "#444444"))
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(chat_names)), [short.get(name, name) for name in chat_names])
+        ax.set_title(f"chat ({profile.chat['clients']:,.0f} clients): p50 (light), p99 ms", fontsize=9)
+        ax.tick_params(labelsize=7)
     for ax in axes[panels:]:
         ax.set_visible(False)
-    fig.suptitle(
-        f"plainsocket vs raw websockets ({profile.name} run, median and min-max of {len(passes)})", fontsize=10
-    )
+    fig.suptitle(f"plainsocket and peers ({profile.name} run, median and min-max of {len(passes)})", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -878,9 +1346,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         type=lambda text: [name.strip() for name in text.split(",")],
-        default=list(SCENARIOS),
+        default=list(ALL_SCENARIOS),
         metavar="LIST",
-        help=f"comma-separated scenarios to run, of {','.join(SCENARIOS)} (default: all)",
+        help=f"comma-separated scenarios to run, of {','.join(ALL_SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--peers",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        metavar="LIST",
+        help=f"comma-separated peers to run next to plainsocket and raw websockets, of"
+        f" {','.join(peer.name for peer in PEERS)} (default: every one that is installed, none with --quick)",
     )
     parser.add_argument(
         "--server-arg",
@@ -919,18 +1394,61 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, help="report path (default: results/latest.md, quick: results/raw/quick.md)"
     )
+    parser.add_argument(
+        "--report-from",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: write the report and plot again from a run's raw JSON (bench/results/raw/)"
+        " and the latest results/many.json",
+    )
     return parser.parse_args(argv)
+
+
+def interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def report_again(path: Path, out: Path | None) -> int:
+    """Render a past run's report and plot from its raw JSON, with the latest many-connections run."""
+    dump = json.loads(path.read_text())
+    profile = QUICK if dump["profile"] == "quick" else FULL
+    many = json.loads((RESULTS / "many.json").read_text()) if (RESULTS / "many.json").exists() else None
+    info = dump.get("info", [])
+    report, _ = render(
+        profile,
+        dump["passes"],
+        dump.get("scaling", {}),
+        dump.get("notes", []),
+        info,
+        judge=profile is FULL,
+        chat=dump.get("chat", {}),
+        many=many,
+        chat_light=dump.get("chat_light", {}),
+    )
+    out = out or (RESULTS / "latest.md" if profile is FULL else RAW / "quick.md")
+    out.write_text(report, encoding="utf-8")
+    plot(out.with_suffix(".png"), profile, dump["passes"], dump.get("scaling", {}), dump.get("chat", {}))
+    print(report)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_from:
+        return report_again(args.report_from, args.out)
+    # SIGTERM stops the run like Ctrl-C: the server of the moment is stopped on the way out.
+    signal.signal(signal.SIGTERM, interrupted)
     profile = QUICK if args.quick else FULL
-    unknown = set(args.only) - set(SCENARIOS)
+    unknown = set(args.only) - set(ALL_SCENARIOS)
     if unknown:
         print(
-            f"run.py: unknown scenario(s) {', '.join(sorted(unknown))}; pick from {', '.join(SCENARIOS)}",
+            f"run.py: unknown scenario(s) {', '.join(sorted(unknown))}; pick from {', '.join(ALL_SCENARIOS)}",
             file=sys.stderr,
         )
+        return 2
+    known_peers = {peer.name: peer for peer in PEERS}
+    if args.peers is not None and (bad := set(args.peers) - set(known_peers)):
+        print(f"run.py: unknown peer(s) {', '.join(sorted(bad))}; pick from {', '.join(known_peers)}", file=sys.stderr)
         return 2
     passes = args.passes or profile.passes
     # Only a complete full run replaces the report in results/; anything else goes to raw/.
@@ -938,13 +1456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out
     elif args.quick:
         out = RAW / "quick.md"
-    elif set(args.only) != set(SCENARIOS):
+    elif set(args.only) != set(ALL_SCENARIOS) or args.peers is not None:
         out = RAW / "partial.md"
     else:
         out = RESULTS / "latest.md"
     if not shutil.which(args.node):
         print(f"run.py: Node.js not found ({args.node}); run `npm ci` after installing Node 20", file=sys.stderr)
         return 2
+    raise_open_files()
     server_cpus, load_cpus = cpu_plan()
     if load_cpus:
         os.sched_setaffinity(0, load_cpus)  # this driver mostly sleeps; keep it off the server's CPU
@@ -962,6 +1481,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         RAW_WS: [python, str(BENCH / "baseline.py"), "--port", "0", *(["--uvloop"] if args.loop == "uvloop" else [])],
     }
+    protocols = {PLAINSOCKET: "plainsocket", RAW_WS: "plainsocket"}
+    notes: list[str] = []
+    # A quick run (CI's) stays short and needs nothing beyond the test requirements: no peers
+    # unless they are asked for with --peers.
+    wanted = args.peers if args.peers is not None else ([] if args.quick else [peer.name for peer in PEERS])
+    for peer in PEERS:
+        if peer.name not in wanted:
+            continue
+        why = peer.missing()
+        if why:
+            notes.append(f"{peer.name} not measured: {why}")
+            print(f"run.py: {peer.name} not measured: {why}", file=sys.stderr)
+            if args.peers is not None:  # asked for by name: not having it is an error
+                return 2
+            continue
+        commands[peer.name] = peer.argv(python, args.node)
+        protocols[peer.name] = peer.protocol
+    names = list(commands)
     if args.wait_quiet is None:
         args.wait_quiet = 0.0 if args.quick else 30.0
     retries = args.retries if args.retries is not None else (0 if args.quick else 2)
@@ -969,13 +1506,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: list[dict[str, Any]] = []
     scaling: dict[str, list[list[dict[str, Any]]]] = {PLAINSOCKET: [], RAW_WS: []} if args.scaling else {}
-    notes: list[str] = []
+    chat: dict[str, dict[str, Any]] = {}
+    chat_light: dict[str, dict[str, Any]] = {}
+    chat_failed = 0
     started = time.monotonic()
     commit = git_commit()  # before the run: the tree may change while it goes on
     try:
         for n in range(passes):
-            # Alternate who goes first, so a drift of the machine does not favour one server.
-            order = (PLAINSOCKET, RAW_WS) if n % 2 == 0 else (RAW_WS, PLAINSOCKET)
+            # Rotate who goes first, so a drift of the machine does not favour one server.
+            order = names[n % len(names) :] + names[: n % len(names)]
             this_pass: dict[str, Any] = {}
             for name in order:
                 if args.wait_quiet:
@@ -984,17 +1523,39 @@ def main(argv: Sequence[str] | None = None) -> int:
                         notes.append(f"pass {n + 1}: the machine was still {busy:.0f} % busy when {name} started")
                 log = RAW / f"{stamp}-{name.replace(' ', '-')}-{n + 1}.log"
                 print(f"pass {n + 1}/{passes}: {name} ...", file=sys.stderr, flush=True)
-                with running(Server(name, commands[name], server_cpus, log)) as server:
+                with running(Server(name, commands[name], server_cpus, log, protocols[name])) as server:
                     raw, found = one_pass(server, loadgen, profile, args.only)
                 this_pass[name] = {"raw": raw, "values": values(raw)}
                 notes += [f"pass {n + 1}: {note}" for note in found]
-                if args.scaling:
+                if args.scaling and name in scaling:
                     print(f"pass {n + 1}/{passes}: {name} scaling ...", file=sys.stderr, flush=True)
                     with running(Server(name, commands[name], server_cpus, log.with_suffix(".scaling.log"))) as server:
                         rows, found = scaling_pass(server, loadgen, profile)
                     scaling[name].append(rows)
                     notes += [f"pass {n + 1}: {note}" for note in found]
             results.append(this_pass)
+        if "chat" in args.only:
+            for name in names:
+                if args.wait_quiet:
+                    wait_for_quiet(args.wait_quiet)
+                print(f"chat: {name} ...", file=sys.stderr, flush=True)
+                log = RAW / f"{stamp}-{name.replace(' ', '-')}-chat.log"
+                try:
+                    with running(Server(name, commands[name], server_cpus, log, protocols[name])) as server:
+                        check = loadgen.run(server, "check", {})
+                        if not check.get("ok"):
+                            raise BenchError(f"{name} does not behave as the benchmark expects: {check['problems']}")
+                        chat[name] = measure_chat(server, loadgen, profile.chat)
+                        if profile.chat.get("light_rate"):
+                            light = {**profile.chat, "rate": profile.chat["light_rate"]}
+                            chat_light[name] = measure_chat(server, loadgen, light)
+                except BenchError as err:  # a server that can not carry the chat: say so, keep the rest
+                    notes.append(f"{name} chat failed: {str(err)[:500]}")
+                    chat_failed += 1
+                    continue
+                notes += anomalies(f"{name} chat", chat[name])
+                if name in chat_light:
+                    notes += anomalies(f"{name} light chat", chat_light[name])
     except BenchError as err:
         print(f"run.py: {err}", file=sys.stderr)
         return 2
@@ -1006,16 +1567,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     info = machine_info(args, commit, commands, server_cpus, load_cpus)
     info.append(f"- duration of the run: {elapsed:.0f} s")
-    report, verdicts = render(profile, results, scaling, notes, info, judge=not args.quick)
+    many = None
+    if not args.quick and (RESULTS / "many.json").exists():
+        many = json.loads((RESULTS / "many.json").read_text())
+    report, verdicts = render(
+        profile, results, scaling, notes, info, judge=not args.quick, chat=chat, many=many, chat_light=chat_light
+    )
     print(report)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report, encoding="utf-8")
     RAW.mkdir(parents=True, exist_ok=True)
-    dump = {"profile": profile.name, "commands": commands, "passes": results, "scaling": scaling, "notes": notes}
+    dump = {
+        "profile": profile.name,
+        "commands": commands,
+        "passes": results,
+        "scaling": scaling,
+        "chat": chat,
+        "chat_light": chat_light,
+        "notes": notes,
+        "info": info,
+    }
     (RAW / f"{stamp}-{profile.name}.json").write_text(json.dumps(dump, indent=1), encoding="utf-8")
     prune_raw()
     png = out.with_suffix(".png")
-    if plot(png, profile, results, scaling):
+    if plot(png, profile, results, scaling, chat):
         print(f"wrote {display(out)} and {display(png)}", file=sys.stderr)
     else:
         print(
@@ -1023,10 +1598,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
     status = 0
-    if lost := lossy(results, scaling):
+    if lost := lossy(results, scaling) + sum(1 for result in chat.values() if lost_something(result)) + chat_failed:
         print(f"run.py: {lost} measurement(s) lost or refused frames or connections (see Anomalies)", file=sys.stderr)
         status = 1
-    if args.check and any(met is False for _, _, met in verdicts):
+    if args.check and not args.quick and any(met is False for _, _, met in verdicts):
         print("run.py: a target was missed", file=sys.stderr)
         status = 1
     return status

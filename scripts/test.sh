@@ -21,7 +21,8 @@ fi
 
 ruff check .
 python -m pytest "$@"
-# Short runs of the soak and the benchmark: they must complete, with nothing lost.
+# Short runs of the soak and the benchmark: they must complete, with nothing lost. The quick
+# benchmark measures plainsocket and raw websockets only (no peers to install: bench/README.md).
 python scripts/soak.py --quick
 python bench/run.py --quick
 python bench/cluster.py --quick
