@@ -136,7 +136,7 @@ PACKAGE = Path(__file__).resolve().parent
 HEARTBEAT_FRAME = encode(HEARTBEAT).encode()
 # All sessions kept for recovery together, as estimated by Connection.recovery_cost(): a
 # churny crowd of clients that never come back must not fill memory with their sessions.
-DEFAULT_RECOVERY_MAX_MEMORY = 64 * 2**20
+DEFAULT_RECOVERY_MAX_MEMORY = 16 * 2**20
 FD_RESERVE = 32  # descriptors kept for Redis, files, logs and the listening socket
 # Frames whose id nobody answers: remembering their ids would let a client grow memory forever.
 _NEVER_ACKED = frozenset({CONNECT, DISCONNECT, HEARTBEAT})
