@@ -67,6 +67,7 @@ class Connection:
         "dirty",
         "dropping",
         "expiry",
+        "frames_in",
         "held",
         "hold",
         "inflight",
@@ -108,6 +109,7 @@ class Connection:
         self.tokens = float(server.rate_burst)
         self.stamp = time.monotonic()
         self.refused = 0  # frames refused in a row by the rate limit
+        self.frames_in = 0  # frames received on the current socket (metrics add them up)
         self.backlog: deque[tuple[Envelope, int]] | None = None  # frames (and sizes) behind an async handler
         self.backlog_bytes = 0
         self.worker: asyncio.Task[None] | None = None

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING, Any
+from threading import get_ident
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
@@ -24,8 +24,9 @@ if TYPE_CHECKING:
     from .server import SocketServer
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(NamedTuple):
+    """What a handler runs for; a named tuple, as one is built for every event handled."""
+
     server: SocketServer
     conn: Connection
     namespace: str
@@ -156,13 +157,18 @@ def emit(
             # Never reach a client in a namespace it did not join (or was refused by).
             logger.warning("emit of %r not sent: sid=%s is not in namespace %r", event[:100], conn.sid, namespace[:100])
             return
-        if server._from_other_thread():  # a handler's work in asyncio.to_thread
+        if get_ident() != server._loop_thread:  # a handler's work in asyncio.to_thread
             server.frame(event, data, namespace)  # validate in the caller
             server._on_loop(lambda: conn.send(server.frame(event, data, namespace)))
             return
         conn.send(server.frame(event, data, namespace))
-        if server._metrics is not None:
-            server._metrics.frames_sent(namespace, 1)
+        metrics = server._metrics
+        if metrics is not None:
+            sent = metrics.sent  # metrics.frames_sent inlined: this runs for every reply
+            if namespace in sent:
+                sent[namespace] += 1
+            else:
+                metrics.frames_sent(namespace, 1)
         return
     if not include_self:
         skip_sid = _with(skip_sid, context.conn.sid)
