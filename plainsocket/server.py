@@ -527,7 +527,10 @@ class SocketServer(Recovery):
 
     def frame(self, event: str, data: Any = None, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> bytes:
         """Encode one frame for one client (with an offset when recovery is on)."""
-        return encode(event, data, namespace, id, self._next_offset() if self.recovery_window else None).encode()
+        if not self.recovery_window:
+            return encode(event, data, namespace, id).encode()
+        self._offset_count += 1  # _next_offset(), inlined: one per frame sent
+        return encode(event, data, namespace, id, f"{self._offset_prefix}-{self._offset_count}").encode()
 
     def _error(self, code: str, message: str, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> bytes:
         return self.frame(ERROR, {"code": code, "message": message}, namespace, id)
