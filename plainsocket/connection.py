@@ -10,7 +10,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
@@ -19,7 +19,7 @@ from websockets.protocol import State
 from .protocol import CloseCode, Envelope, offset_suffix
 
 if TYPE_CHECKING:
-    from .server import SocketServer
+    from .metrics import ServerMetrics
 
 OPEN = State.OPEN
 
@@ -52,6 +52,29 @@ class ClientDisconnectedError(Exception):
 
 class LimitExceededError(Exception):
     """A per-connection limit (rooms, pending acknowledgements) was reached."""
+
+
+class ConnectionOwner(Protocol):
+    """What a :class:`Connection` needs of the server that owns it (``SocketServer`` is one).
+
+    Defined here, not imported from the server: the server is built on connections, and a
+    connection knows only these limits and hooks.
+    """
+
+    max_send_buffer: int
+    max_pending_acks: int
+    rate_burst: float
+    close_timeout: float | None
+    recovery_window: float
+    recovery_max_events: int
+    recovery_max_bytes: int
+    _metrics: ServerMetrics | None
+
+    def client_address(self, ws: ServerConnection) -> str: ...
+
+    def flush_soon(self, conn: Connection) -> None: ...
+
+    def kept_grew(self, conn: Connection, grown: int) -> None: ...
 
 
 class Connection:
@@ -97,7 +120,7 @@ class Connection:
         "ws",
     )
 
-    def __init__(self, server: SocketServer, ws: ServerConnection, sid: str | None = None) -> None:
+    def __init__(self, server: ConnectionOwner, ws: ServerConnection, sid: str | None = None) -> None:
         self.ws: ServerConnection | GoneSocket = ws
         self.server = server
         self.sid = sid or secrets.token_urlsafe(16)

@@ -1294,17 +1294,17 @@ class SocketServer(Recovery):
     async def _start_metrics(self) -> None:
         if not (self.metrics or self.metrics_port is not None or self.metrics_socket or self._admin):
             return
-        from . import metrics_http
+        from .metrics_http import serve_http, serve_worker
 
         self._metrics = ServerMetrics(self._handlers, self.live_stats)
         self._spawn(self._metrics.watch_loop())
         if self.metrics_port is not None:
-            listener = await metrics_http.serve_http(self.metrics_host, self.metrics_port, self.metrics_families)
+            listener = await serve_http(self.metrics_host, self.metrics_port, self.metrics_families)
             self._metrics_listeners.append(listener)
             host, port = listener.sockets[0].getsockname()[:2]
             logger.info("metrics on http://%s:%d/metrics", host, port)
         if self.metrics_socket:
-            self._metrics_listeners.append(await metrics_http.serve_worker(self.metrics_socket, self.metrics_families))
+            self._metrics_listeners.append(await serve_worker(self.metrics_socket, self.metrics_families))
 
     def metrics_families(self) -> list[Family]:
         """Return this process's metric families (empty while metrics are off); safe from any thread."""
