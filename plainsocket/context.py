@@ -180,7 +180,10 @@ def emit(
     ``callback`` (one client only: the current one, or ``to=sid``) receives the client's
     acknowledgement, as in Flask-SocketIO.
     """
-    context = _context()
+    try:
+        context = current.get()  # _context(), inlined: emit is what most handlers call
+    except LookupError:
+        context = _context()  # raises, with the reason
     namespace = namespace or context.namespace
     if callback is not None:
         if broadcast:
