@@ -85,6 +85,7 @@ from .context import (
 )
 from .forwarded import TrustedProxies, client_address, parse_trusted
 from .hosts import AllowedHosts, normalize, parse_allowed
+from .keepalive import Keepalive
 from .metrics import BackplaneStats, Family, LiveStats, ServerMetrics, on_loop, resident_memory
 from .presence import CLIENT_REQUESTS, Presence, PresenceError
 from .presence_hub import PresenceHub
@@ -359,6 +360,7 @@ class SocketServer(Recovery):
         self._per_address: dict[str, int] = {}
         self._kept: dict[str, int] = {}  # sessions kept for recovery, per address
         self._server: Server | None = None
+        self._keepalive: Keepalive | None = None  # pings every connection (ping_interval)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._to_flush: list[Connection] = []
         self._closing = False
@@ -924,6 +926,8 @@ class SocketServer(Recovery):
         self._static_files = StaticFiles(self.static_files, base_dir=self.static_dir)
         self._builtin = StaticFiles(_builtin_files())
         self._start_admin()
+        if self.ping_interval is not None:
+            self._keepalive = Keepalive(self._loop, self.ping_interval, self.ping_timeout)
         if self.message_queue is not None:
             # Fail before listening when Redis is unreachable: no half-working node.
             from .backplane import RedisBackplane
@@ -997,6 +1001,8 @@ class SocketServer(Recovery):
             self._forget(conn, SERVER_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
+        if self._keepalive is not None:
+            self._keepalive.stop()
         for listener in self._metrics_listeners:
             listener.close()
         if self.backplane is not None:
@@ -1483,7 +1489,7 @@ class SocketServer(Recovery):
             assert isinstance(ws, HTTPConnection)
             # From now on frames are handled as they arrive (HTTPConnection): nothing waits
             # in recv() for them, so an idle client costs no waiting coroutines.
-            ws.read_with(functools.partial(self._on_text, conn), functools.partial(self._read_queued, conn, ws))
+            ws.read_with(conn)
             await ws.wait_closed()
         except ConnectionClosed:
             pass
@@ -2109,17 +2115,22 @@ class _Link:
 
     Python shares one key table among the attribute dicts of a class's instances, up to 30
     keys; websockets' connection uses 28 of them. Past 30 every connection gets a dict of its
-    own, about 1.7 KiB more per client, so everything added here lives behind one key.
+    own, about 1.5 KiB more per client, so everything added here lives behind one key.
+
+    The table also stops growing once many instances exist (CPython 3.11 shrinks its room by
+    one per new instance): keys first set after other connections were created, as
+    ``connection_made()`` sets two, could miss it, for every later connection. That is why
+    :class:`HTTPConnection` names them in ``__init__``.
     """
 
-    __slots__ = ("on_queued", "on_text", "reading", "server", "start")
+    __slots__ = ("conn", "reading", "server", "start")
 
     def __init__(self, server: SocketServer) -> None:
         self.server = server
         self.start: bytes | None = b""  # the first bytes of the stream, until the method is known
-        self.on_text: Callable[[str], None] | None = None  # the server's handler of text frames
-        self.on_queued: Callable[[], Awaitable[None]] | None = None  # reads the queued messages
-        self.reading: asyncio.Future[None] | None = None  # on_queued running
+        # The client whose frames the server handles as they arrive (None: not yet, or no more).
+        self.conn: Connection | None = None
+        self.reading: asyncio.Future[None] | None = None  # the server reading the queued messages
 
 
 class HTTPConnection(ServerConnection):
@@ -2137,6 +2148,9 @@ class HTTPConnection(ServerConnection):
     everything else. Anything else (fragments, binary frames, invalid UTF-8, frames behind
     queued ones) goes through the queue, read by a task only while it holds something, which
     keeps websockets' handling of it.
+
+    websockets' keepalive is a task per connection; here the server's :class:`Keepalive`
+    pings every connection from one timer, with websockets' pings and close code.
     """
 
     method = "GET"
@@ -2144,6 +2158,10 @@ class HTTPConnection(ServerConnection):
     def __init__(self, *args: Any, tracker: SocketServer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._link = _Link(tracker)
+        # websockets sets these two in connection_made(), which asyncio calls later: named now,
+        # so that the first connection puts every key in the class's shared key table (see _Link).
+        self.recv_messages = None  # type: ignore[assignment]
+        self.transport = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         link = self._link
@@ -2157,18 +2175,39 @@ class HTTPConnection(ServerConnection):
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._link.server._sockets -= 1
+        server = self._link.server
+        server._sockets -= 1
+        if server._keepalive is not None:
+            server._keepalive.discard(self)
         super().connection_lost(exc)
 
-    def read_with(self, on_text: Callable[[str], None], on_queued: Callable[[], Awaitable[None]]) -> None:
-        """Hand every text frame from now on to ``on_text``; queued messages to ``on_queued``."""
-        self._link.on_text, self._link.on_queued = on_text, on_queued
+    def start_keepalive(self) -> None:
+        """Have the server's one keepalive timer ping this connection, instead of a task of its own."""
+        keepalive = self._link.server._keepalive
+        if keepalive is not None and self.ping_interval is not None:
+            keepalive.add(self)
+
+    def acknowledge_pings(self, data: bytes) -> None:
+        super().acknowledge_pings(data)
+        keepalive = self._link.server._keepalive
+        if keepalive is not None:
+            keepalive.pong(self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        keepalive = self._link.server._keepalive
+        if keepalive is not None:
+            keepalive.drained(self)
+
+    def read_with(self, conn: Connection) -> None:
+        """Hand every text frame from now on to the server, for ``conn``; queued messages too."""
+        self._link.conn = conn
         self._read_queued()  # what arrived before
 
     def process_event(self, event: Event) -> None:
         link = self._link
-        on_text = link.on_text
-        if on_text is None:
+        conn = link.conn
+        if conn is None:
             super().process_event(event)  # the handshake, or a frame before the server reads
             return
         if event.opcode is Opcode.TEXT and event.fin and link.reading is None and not len(self.recv_messages.frames):
@@ -2178,7 +2217,7 @@ class HTTPConnection(ServerConnection):
                 pass  # recv() fails the connection with 1007, as websockets does
             else:
                 try:
-                    on_text(text)
+                    link.server._on_text(conn, text)
                 except Exception:
                     self._crashed()
                 return
@@ -2189,12 +2228,12 @@ class HTTPConnection(ServerConnection):
     def _read_queued(self) -> None:
         """Start reading websockets' queue of messages (in order), unless it is empty or read."""
         link = self._link
-        if link.reading is None and link.on_queued is not None and len(self.recv_messages.frames):
-            link.reading = asyncio.ensure_future(self._reading(link.on_queued))
+        if link.reading is None and link.conn is not None and len(self.recv_messages.frames):
+            link.reading = asyncio.ensure_future(self._reading(link.conn))
 
-    async def _reading(self, read: Callable[[], Awaitable[None]]) -> None:
+    async def _reading(self, conn: Connection) -> None:
         try:
-            await read()
+            await self._link.server._read_queued(conn, self)
         except Exception:
             self._crashed()
         finally:
@@ -2203,7 +2242,7 @@ class HTTPConnection(ServerConnection):
     def _crashed(self) -> None:
         """Our bug, as when a connection handler crashes: log it, close with 1011."""
         logger.exception("error while handling a frame")
-        self._link.on_text = self._link.on_queued = None
+        self._link.conn = None
         if self.protocol.state is OPEN:
             self.protocol.fail(CloseCode.INTERNAL_ERROR)
             self.send_data()
