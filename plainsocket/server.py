@@ -139,6 +139,7 @@ HEARTBEAT_FRAME = encode(HEARTBEAT).encode()
 # churny crowd of clients that never come back must not fill memory with their sessions.
 DEFAULT_RECOVERY_MAX_MEMORY = 16 * 2**20
 FD_RESERVE = 32  # descriptors kept for Redis, files, logs and the listening socket
+HOST_VERDICTS = 256  # Host header values whose allowed_hosts verdict is remembered
 # Frames whose id nobody answers: remembering their ids would let a client grow memory forever.
 _NEVER_ACKED = frozenset({CONNECT, DISCONNECT, HEARTBEAT})
 
@@ -315,6 +316,7 @@ class SocketServer(Recovery):
         self._refused_unlogged = 0
         self._exhaustion_logged_at = 0.0
         self._hosts = AllowedHosts()
+        self._host_verdicts: dict[str, bool] = {}  # Host header -> allowed, for headers seen often
         self._origins: frozenset[str] | str = frozenset()
         self.compression = compression
         self.message_queue = message_queue
@@ -921,6 +923,7 @@ class SocketServer(Recovery):
         self._loop.set_exception_handler(_quiet_exhaustion(self._loop.get_exception_handler(), self))
         self._trusted = parse_trusted(self.forwarded_allow_ips)
         self._hosts = parse_allowed(self.allowed_hosts)
+        self._host_verdicts = {}
         if self._hosts.everyone:
             logger.warning("allowed_hosts '*': any DNS name pointed at this server reaches it (DNS rebinding)")
         self._static_files = StaticFiles(self.static_files, base_dir=self.static_dir)
@@ -1204,15 +1207,32 @@ class SocketServer(Recovery):
     def _refused_host(self, connection: ServerConnection, headers: Headers) -> Response | None:
         """Answer 400 to a request for a host this server does not serve (DNS rebinding)."""
         hosts = headers.get_all("Host")
-        remote = connection.remote_address
-        if self._trusted and remote and str(remote[0]) in self._trusted and headers.get_all("X-Forwarded-Host"):
-            hosts = [headers.get_all("X-Forwarded-Host")[-1].split(",")[-1]]  # the proxy's own hop
-        if len(hosts) == 1 and self._hosts.allows(normalize(hosts[0])):
+        if self._trusted:
+            remote = connection.remote_address
+            if remote and str(remote[0]) in self._trusted and headers.get_all("X-Forwarded-Host"):
+                hosts = [headers.get_all("X-Forwarded-Host")[-1].split(",")[-1]]  # the proxy's own hop
+        if len(hosts) == 1 and self._host_allowed(hosts[0]):
             return None
         if self._metrics is not None:
             self._metrics.connection_refused("host")
         logger.warning("refused host %s (allowed_hosts)", _safe(", ".join(hosts)) if hosts else "(none)")
         return connection.respond(HTTPStatus.BAD_REQUEST, "host not allowed\n")
+
+    def _host_allowed(self, header: str) -> bool:
+        """Whether ``allowed_hosts`` lets a request name this ``Host``; remembered per header value.
+
+        Nearly every client of a server names the same few hosts: the verdict is kept for short
+        values, at most HOST_VERDICTS of them (then forgotten at once), so a flood of made-up
+        names costs a bounded dict.
+        """
+        verdict = self._host_verdicts.get(header)
+        if verdict is None:
+            verdict = self._hosts.allows(normalize(header))
+            if len(header) <= 255:
+                if len(self._host_verdicts) >= HOST_VERDICTS:
+                    self._host_verdicts.clear()
+                self._host_verdicts[header] = verdict
+        return verdict
 
     def _origin_allowed(self, origin: str, hosts: list[str]) -> bool:
         if self._origins == "*":
@@ -1437,7 +1457,7 @@ class SocketServer(Recovery):
     # -- One connection's life ---------------------------------------------------------------
 
     async def _serve(self, ws: ServerConnection) -> None:
-        if self.recovery_window:
+        if self.recovery_window and _may_resume(ws):
             self._resuming += 1
             try:
                 conn = await self._resume(ws)
@@ -2070,6 +2090,16 @@ def _with_sid(skip_sid: str | Iterable[str] | None, sid: str) -> list[str]:
     return [*skip_sid, sid]
 
 
+def _may_resume(ws: ServerConnection) -> bool:
+    """Whether the handshake URL may name a session to resume (``recover=`` in its query).
+
+    Without ``recover`` in it, nor ``%`` (a percent-encoded name), :meth:`Recovery._resume`
+    finds no token: skip its parsing of the URL for every fresh connection.
+    """
+    path = ws.request.path if ws.request is not None else ""
+    return "recover" in path or "%" in path
+
+
 def _client_connects_root(ws: ServerConnection) -> bool:
     """Whether the handshake asked to connect ``/`` itself, with its auth (``?connect=client``)."""
     request = ws.request
@@ -2198,6 +2228,17 @@ class HTTPConnection(ServerConnection):
         keepalive = self._link.server._keepalive
         if keepalive is not None:
             keepalive.drained(self)
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close as websockets does; once the connection is closed, return at once.
+
+        websockets' ``close()`` does nothing then either (it is idempotent), but gets there
+        through a send context, a timeout, two shields and a ConnectionClosed raised and caught:
+        a tenth of a connect's cost, paid by every handler's end (``async with connection``).
+        """
+        if self.connection_lost_waiter.done():
+            return
+        await super().close(code, reason)
 
     def read_with(self, conn: Connection) -> None:
         """Hand every text frame from now on to the server, for ``conn``; queued messages too."""
