@@ -2205,7 +2205,11 @@ class HTTPConnection(ServerConnection):
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        server = self._link.server
+        link = self._link
+        # No frame comes after this: let go of the client, so that this connection and the
+        # client do not hold each other (a cycle only the garbage collector would free).
+        link.conn = None
+        server = link.server
         server._sockets -= 1
         if server._keepalive is not None:
             server._keepalive.discard(self)
