@@ -40,6 +40,7 @@ TOO_MANY_CONNECTIONS = "too many connections"
 KEPT_SESSION_COST = 2048
 FRAME_COST = 16
 SEEN_ID_COST = 75  # an int in a set and in a deque
+NO_IDS: frozenset[int] = frozenset()
 
 
 class CallTimeoutError(Exception):
@@ -128,7 +129,8 @@ class Connection:
         self.log_count = 0  # frames ever recorded
         self.log_evicted = False
         self.seen: tuple[set[int], deque[int]] | None = None  # ids of client frames accepted
-        self.inflight: set[int] = set()  # of those, the ones not answered yet
+        # Of those, the ones not answered yet: a set once there is one (most clients never send ids).
+        self.inflight: set[int] | frozenset[int] = NO_IDS
         self.resumed = False  # a resumed session drops frames whose id it has seen
         self.detached = False  # the socket dropped; the session waits for its client
         self.dropping: asyncio.Task[None] | None = None  # the disconnect handlers run at the drop
@@ -203,6 +205,19 @@ class Connection:
             if frames[index].endswith(suffix):
                 return frames[index + 1 :]
         return None
+
+    def handling(self, id: int) -> None:
+        """Note that the frame with ``id`` is being handled (until :meth:`answered`)."""
+        inflight = self.inflight
+        if not isinstance(inflight, set):
+            inflight = self.inflight = set()
+        inflight.add(id)
+
+    def answered(self, id: int) -> None:
+        """Note that the frame with ``id`` was answered (acknowledged or refused)."""
+        inflight = self.inflight
+        if isinstance(inflight, set):
+            inflight.discard(id)
 
     def handled_before(self, id: int) -> bool:
         """Remember a client frame id; tell whether it was handled already (a re-sent frame)."""

@@ -1783,7 +1783,7 @@ class SocketServer(Recovery):
         """Record a client frame id; tell whether to drop the frame as a re-send after a resume."""
         if conn.handled_before(id):
             return conn.resumed  # plain v1 clients may reuse ids: only resumed sessions dedupe
-        conn.inflight.add(id)
+        conn.handling(id)
         return False
 
     def _presence_request(self, conn: Connection, envelope: Envelope) -> None:
@@ -1801,7 +1801,7 @@ class SocketServer(Recovery):
         except (TypeError, ValueError) as exc:
             self._handler_failed(conn, envelope, exc)
             return
-        conn.inflight.discard(envelope.id)  # type: ignore[arg-type]
+        conn.answered(envelope.id)  # type: ignore[arg-type]
         conn.send(frame)
         if self._metrics is not None:
             self._metrics.frames_sent(envelope.namespace, 1)
@@ -1838,7 +1838,7 @@ class SocketServer(Recovery):
 
     def _refuse(self, conn: Connection, envelope: Envelope, code: str, message: str) -> None:
         if envelope.id is not None:
-            conn.inflight.discard(envelope.id)
+            conn.answered(envelope.id)
         conn.send(self._error(code, message, envelope.namespace, envelope.id))
 
     def _resolve_ack(self, conn: Connection, envelope: Envelope) -> None:
@@ -2103,7 +2103,9 @@ def _may_resume(ws: ServerConnection) -> bool:
 def _client_connects_root(ws: ServerConnection) -> bool:
     """Whether the handshake asked to connect ``/`` itself, with its auth (``?connect=client``)."""
     request = ws.request
-    return request is not None and "connect=client" in urlsplit(request.path).query.split("&")
+    if request is None or "connect=client" not in request.path:
+        return False  # without it the query can not hold it: no URL parsing per connect
+    return "connect=client" in urlsplit(request.path).query.split("&")
 
 
 def _refusal(result: Any) -> str | None:
