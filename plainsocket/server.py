@@ -1477,7 +1477,7 @@ class SocketServer(Recovery):
                     self._metrics.connection_closed(TOO_MANY_CONNECTIONS)
                 conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS)
                 self._note_drained()
-                await ws.wait_closed()
+                await ws.until_closed()
                 return
             self._connections[conn.sid] = conn
             logger.info("connect sid=%s address=%s", conn.sid, conn.address)
@@ -1510,7 +1510,7 @@ class SocketServer(Recovery):
             # From now on frames are handled as they arrive (HTTPConnection): nothing waits
             # in recv() for them, so an idle client costs no waiting coroutines.
             ws.read_with(conn)
-            await ws.wait_closed()
+            await ws.until_closed()
         except ConnectionClosed:
             pass
         finally:
@@ -2155,7 +2155,7 @@ class _Link:
     :class:`HTTPConnection` names them in ``__init__``.
     """
 
-    __slots__ = ("conn", "reading", "server", "start")
+    __slots__ = ("closed", "conn", "reading", "server", "start")
 
     def __init__(self, server: SocketServer) -> None:
         self.server = server
@@ -2163,6 +2163,7 @@ class _Link:
         # The client whose frames the server handles as they arrive (None: not yet, or no more).
         self.conn: Connection | None = None
         self.reading: asyncio.Future[None] | None = None  # the server reading the queued messages
+        self.closed: asyncio.Future[None] | None = None  # see HTTPConnection.until_closed()
 
 
 class HTTPConnection(ServerConnection):
@@ -2216,6 +2217,22 @@ class HTTPConnection(ServerConnection):
         if server._keepalive is not None:
             server._keepalive.discard(self)
         super().connection_lost(exc)
+        if link.closed is not None and not link.closed.done():
+            link.closed.set_result(None)
+
+    def until_closed(self) -> asyncio.Future[None]:
+        """Return a future done once the TCP connection is closed, for the task serving it.
+
+        What ``wait_closed()`` waits for, without its shield (a coroutine, a future and two
+        callbacks per call, kept for as long as an idle client stays): only the handler waits
+        here, so cancelling it cancels nobody else's wait.
+        """
+        link = self._link
+        if link.closed is None:
+            link.closed = self.loop.create_future()
+            if self.connection_lost_waiter.done():
+                link.closed.set_result(None)
+        return link.closed
 
     def start_keepalive(self) -> None:
         """Have the server's one keepalive timer ping this connection, instead of a task of its own."""
