@@ -40,6 +40,7 @@ TOO_MANY_CONNECTIONS = "too many connections"
 KEPT_SESSION_COST = 2048
 FRAME_COST = 16
 SEEN_ID_COST = 75  # an int in a set and in a deque
+NO_IDS: frozenset[int] = frozenset()
 
 
 class CallTimeoutError(Exception):
@@ -146,12 +147,15 @@ class Connection:
         self.stalled_since: float | None = None
         # Connection state recovery (docs/protocol.md): what was sent, kept for a resume.
         self.token: str | None = None
-        self.log: deque[bytes] | None = None  # created on the first frame: idle clients pay nothing
+        # Created on the first frame, as a list (88 bytes, where a deque takes 624): most clients
+        # never fill it, and it becomes a deque only when it must be trimmed from the front.
+        self.log: list[bytes] | deque[bytes] | None = None
         self.log_bytes = 0
         self.log_count = 0  # frames ever recorded
         self.log_evicted = False
         self.seen: tuple[set[int], deque[int]] | None = None  # ids of client frames accepted
-        self.inflight: set[int] = set()  # of those, the ones not answered yet
+        # Of those, the ones not answered yet: a set once there is one (most clients never send ids).
+        self.inflight: set[int] | frozenset[int] = NO_IDS
         self.resumed = False  # a resumed session drops frames whose id it has seen
         self.detached = False  # the socket dropped; the session waits for its client
         self.dropping: asyncio.Task[None] | None = None  # the disconnect handlers run at the drop
@@ -186,15 +190,18 @@ class Connection:
         """Keep ``frame`` for a resume, within the session's event and byte bounds."""
         log = self.log
         if log is None:
-            log = self.log = deque()
+            log = self.log = []
         before = self.log_bytes + FRAME_COST * len(log)
         log.append(frame)
         self.log_bytes += len(frame)
         self.log_count += 1
         server = self.server
-        while len(log) > server.recovery_max_events or self.log_bytes > server.recovery_max_bytes:
-            self.log_bytes -= len(log.popleft())
-            self.log_evicted = True
+        if len(log) > server.recovery_max_events or self.log_bytes > server.recovery_max_bytes:
+            if isinstance(log, list):
+                log = self.log = deque(log)
+            while len(log) > server.recovery_max_events or self.log_bytes > server.recovery_max_bytes:
+                self.log_bytes -= len(log.popleft())
+                self.log_evicted = True
         if self.detached:
             server.kept_grew(self, self.log_bytes + FRAME_COST * len(log) - before)
 
@@ -223,6 +230,19 @@ class Connection:
             if frames[index].endswith(suffix):
                 return frames[index + 1 :]
         return None
+
+    def handling(self, id: int) -> None:
+        """Note that the frame with ``id`` is being handled (until :meth:`answered`)."""
+        inflight = self.inflight
+        if not isinstance(inflight, set):
+            inflight = self.inflight = set()
+        inflight.add(id)
+
+    def answered(self, id: int) -> None:
+        """Note that the frame with ``id`` was answered (acknowledged or refused)."""
+        inflight = self.inflight
+        if isinstance(inflight, set):
+            inflight.discard(id)
 
     def handled_before(self, id: int) -> bool:
         """Remember a client frame id; tell whether it was handled already (a re-sent frame)."""

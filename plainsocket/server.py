@@ -88,6 +88,7 @@ from .context import (
 )
 from .forwarded import TrustedProxies, client_address, parse_trusted
 from .hosts import AllowedHosts, normalize, parse_allowed
+from .keepalive import Keepalive
 from .metrics import BackplaneStats, Family, LiveStats, ServerMetrics, on_loop, resident_memory
 from .presence import CLIENT_REQUESTS, Presence, PresenceError
 from .presence_hub import PresenceHub
@@ -141,6 +142,7 @@ HEARTBEAT_FRAME = encode(HEARTBEAT).encode()
 # churny crowd of clients that never come back must not fill memory with their sessions.
 DEFAULT_RECOVERY_MAX_MEMORY = 16 * 2**20
 FD_RESERVE = 32  # descriptors kept for Redis, files, logs and the listening socket
+HOST_VERDICTS = 256  # Host header values whose allowed_hosts verdict is remembered
 # Frames whose id nobody answers: remembering their ids would let a client grow memory forever.
 _NEVER_ACKED = frozenset({CONNECT, DISCONNECT, HEARTBEAT})
 _new_context = tuple.__new__  # Context(...) without its generated __new__: one per event
@@ -318,6 +320,7 @@ class SocketServer(Recovery):
         self._refused_unlogged = 0
         self._exhaustion_logged_at = 0.0
         self._hosts = AllowedHosts()
+        self._host_verdicts: dict[str, bool] = {}  # Host header -> allowed, for headers seen often
         self._origins: frozenset[str] | str = frozenset()
         self.compression = compression
         self.message_queue = message_queue
@@ -363,6 +366,7 @@ class SocketServer(Recovery):
         self._per_address: dict[str, int] = {}
         self._kept: dict[str, int] = {}  # sessions kept for recovery, per address
         self._server: Server | None = None
+        self._keepalive: Keepalive | None = None  # pings every connection (ping_interval)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._to_flush: list[Connection] = []
         self._closing = False
@@ -926,11 +930,14 @@ class SocketServer(Recovery):
         self._loop.set_exception_handler(_quiet_exhaustion(self._loop.get_exception_handler(), self))
         self._trusted = parse_trusted(self.forwarded_allow_ips)
         self._hosts = parse_allowed(self.allowed_hosts)
+        self._host_verdicts = {}
         if self._hosts.everyone:
             logger.warning("allowed_hosts '*': any DNS name pointed at this server reaches it (DNS rebinding)")
         self._static_files = StaticFiles(self.static_files, base_dir=self.static_dir)
         self._builtin = StaticFiles(_builtin_files())
         self._start_admin()
+        if self.ping_interval is not None:
+            self._keepalive = Keepalive(self._loop, self.ping_interval, self.ping_timeout)
         if self.message_queue is not None:
             # Fail before listening when Redis is unreachable: no half-working node.
             from .backplane import RedisBackplane
@@ -1004,6 +1011,8 @@ class SocketServer(Recovery):
             self._forget(conn, SERVER_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
+        if self._keepalive is not None:
+            self._keepalive.stop()
         for listener in self._metrics_listeners:
             listener.close()
         if self.backplane is not None:
@@ -1205,15 +1214,32 @@ class SocketServer(Recovery):
     def _refused_host(self, connection: ServerConnection, headers: Headers) -> Response | None:
         """Answer 400 to a request for a host this server does not serve (DNS rebinding)."""
         hosts = headers.get_all("Host")
-        remote = connection.remote_address
-        if self._trusted and remote and str(remote[0]) in self._trusted and headers.get_all("X-Forwarded-Host"):
-            hosts = [headers.get_all("X-Forwarded-Host")[-1].split(",")[-1]]  # the proxy's own hop
-        if len(hosts) == 1 and self._hosts.allows(normalize(hosts[0])):
+        if self._trusted:
+            remote = connection.remote_address
+            if remote and str(remote[0]) in self._trusted and headers.get_all("X-Forwarded-Host"):
+                hosts = [headers.get_all("X-Forwarded-Host")[-1].split(",")[-1]]  # the proxy's own hop
+        if len(hosts) == 1 and self._host_allowed(hosts[0]):
             return None
         if self._metrics is not None:
             self._metrics.connection_refused("host")
         logger.warning("refused host %s (allowed_hosts)", _safe(", ".join(hosts)) if hosts else "(none)")
         return connection.respond(HTTPStatus.BAD_REQUEST, "host not allowed\n")
+
+    def _host_allowed(self, header: str) -> bool:
+        """Whether ``allowed_hosts`` lets a request name this ``Host``; remembered per header value.
+
+        Nearly every client of a server names the same few hosts: the verdict is kept for short
+        values, at most HOST_VERDICTS of them (then forgotten at once), so a flood of made-up
+        names costs a bounded dict.
+        """
+        verdict = self._host_verdicts.get(header)
+        if verdict is None:
+            verdict = self._hosts.allows(normalize(header))
+            if len(header) <= 255:
+                if len(self._host_verdicts) >= HOST_VERDICTS:
+                    self._host_verdicts.clear()
+                self._host_verdicts[header] = verdict
+        return verdict
 
     def _origin_allowed(self, origin: str, hosts: list[str]) -> bool:
         if self._origins == "*":
@@ -1439,7 +1465,7 @@ class SocketServer(Recovery):
     # -- One connection's life ---------------------------------------------------------------
 
     async def _serve(self, ws: ServerConnection) -> None:
-        if self.recovery_window:
+        if self.recovery_window and _may_resume(ws):
             self._resuming += 1
             try:
                 conn = await self._resume(ws)
@@ -1459,7 +1485,7 @@ class SocketServer(Recovery):
                     self._metrics.connection_closed(TOO_MANY_CONNECTIONS)
                 conn.close(CloseCode.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS)
                 self._note_drained()
-                await ws.wait_closed()
+                await ws.until_closed()
                 return
             self._connections[conn.sid] = conn
             logger.info("connect sid=%s address=%s", conn.sid, conn.address)
@@ -1491,8 +1517,8 @@ class SocketServer(Recovery):
             assert isinstance(ws, HTTPConnection)
             # From now on frames are handled as they arrive (HTTPConnection): nothing waits
             # in recv() for them, so an idle client costs no waiting coroutines.
-            ws.read_with(functools.partial(self._on_text, conn), functools.partial(self._read_queued, conn, ws))
-            await ws.wait_closed()
+            ws.read_with(conn)
+            await ws.until_closed()
         except ConnectionClosed:
             pass
         finally:
@@ -1779,7 +1805,7 @@ class SocketServer(Recovery):
         """Record a client frame id; tell whether to drop the frame as a re-send after a resume."""
         if conn.handled_before(id):
             return conn.resumed  # plain v1 clients may reuse ids: only resumed sessions dedupe
-        conn.inflight.add(id)
+        conn.handling(id)
         return False
 
     def _presence_request(self, conn: Connection, envelope: Envelope) -> None:
@@ -1797,7 +1823,7 @@ class SocketServer(Recovery):
         except (TypeError, ValueError) as exc:
             self._handler_failed(conn, envelope, exc)
             return
-        conn.inflight.discard(envelope.id)  # type: ignore[arg-type]
+        conn.answered(envelope.id)  # type: ignore[arg-type]
         conn.send(frame)
         if self._metrics is not None:
             self._metrics.frames_sent(envelope.namespace, 1)
@@ -1834,7 +1860,7 @@ class SocketServer(Recovery):
 
     def _refuse(self, conn: Connection, envelope: Envelope, code: str, message: str) -> None:
         if envelope.id is not None:
-            conn.inflight.discard(envelope.id)
+            conn.answered(envelope.id)
         conn.send(self._error(code, message, envelope.namespace, envelope.id))
 
     def _resolve_ack(self, conn: Connection, envelope: Envelope) -> None:
@@ -2086,10 +2112,22 @@ def _with_sid(skip_sid: str | Iterable[str] | None, sid: str) -> list[str]:
     return [*skip_sid, sid]
 
 
+def _may_resume(ws: ServerConnection) -> bool:
+    """Whether the handshake URL may name a session to resume (``recover=`` in its query).
+
+    Without ``recover`` in it, nor ``%`` (a percent-encoded name), :meth:`Recovery._resume`
+    finds no token: skip its parsing of the URL for every fresh connection.
+    """
+    path = ws.request.path if ws.request is not None else ""
+    return "recover" in path or "%" in path
+
+
 def _client_connects_root(ws: ServerConnection) -> bool:
     """Whether the handshake asked to connect ``/`` itself, with its auth (``?connect=client``)."""
     request = ws.request
-    return request is not None and "connect=client" in urlsplit(request.path).query.split("&")
+    if request is None or "connect=client" not in request.path:
+        return False  # without it the query can not hold it: no URL parsing per connect
+    return "connect=client" in urlsplit(request.path).query.split("&")
 
 
 def _refusal(result: Any) -> str | None:
@@ -2131,17 +2169,23 @@ class _Link:
 
     Python shares one key table among the attribute dicts of a class's instances, up to 30
     keys; websockets' connection uses 28 of them. Past 30 every connection gets a dict of its
-    own, about 1.7 KiB more per client, so everything added here lives behind one key.
+    own, about 1.5 KiB more per client, so everything added here lives behind one key.
+
+    The table also stops growing once many instances exist (CPython 3.11 shrinks its room by
+    one per new instance): keys first set after other connections were created, as
+    ``connection_made()`` sets two, could miss it, for every later connection. That is why
+    :class:`HTTPConnection` names them in ``__init__``.
     """
 
-    __slots__ = ("on_queued", "on_text", "reading", "server", "start")
+    __slots__ = ("closed", "conn", "reading", "server", "start")
 
     def __init__(self, server: SocketServer) -> None:
         self.server = server
         self.start: bytes | None = b""  # the first bytes of the stream, until the method is known
-        self.on_text: Callable[[str], None] | None = None  # the server's handler of text frames
-        self.on_queued: Callable[[], Awaitable[None]] | None = None  # reads the queued messages
-        self.reading: asyncio.Future[None] | None = None  # on_queued running
+        # The client whose frames the server handles as they arrive (None: not yet, or no more).
+        self.conn: Connection | None = None
+        self.reading: asyncio.Future[None] | None = None  # the server reading the queued messages
+        self.closed: asyncio.Future[None] | None = None  # see HTTPConnection.until_closed()
 
 
 class HTTPConnection(ServerConnection):
@@ -2159,6 +2203,9 @@ class HTTPConnection(ServerConnection):
     everything else. Anything else (fragments, binary frames, invalid UTF-8, frames behind
     queued ones) goes through the queue, read by a task only while it holds something, which
     keeps websockets' handling of it.
+
+    websockets' keepalive is a task per connection; here the server's :class:`Keepalive`
+    pings every connection from one timer, with websockets' pings and close code.
     """
 
     method = "GET"
@@ -2166,6 +2213,10 @@ class HTTPConnection(ServerConnection):
     def __init__(self, *args: Any, tracker: SocketServer, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._link = _Link(tracker)
+        # websockets sets these two in connection_made(), which asyncio calls later: named now,
+        # so that the first connection puts every key in the class's shared key table (see _Link).
+        self.recv_messages = None  # type: ignore[assignment]
+        self.transport = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         link = self._link
@@ -2179,18 +2230,70 @@ class HTTPConnection(ServerConnection):
         super().connection_made(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._link.server._sockets -= 1
+        link = self._link
+        # No frame comes after this: let go of the client, so that this connection and the
+        # client do not hold each other (a cycle only the garbage collector would free).
+        link.conn = None
+        server = link.server
+        server._sockets -= 1
+        if server._keepalive is not None:
+            server._keepalive.discard(self)
         super().connection_lost(exc)
+        if link.closed is not None and not link.closed.done():
+            link.closed.set_result(None)
 
-    def read_with(self, on_text: Callable[[str], None], on_queued: Callable[[], Awaitable[None]]) -> None:
-        """Hand every text frame from now on to ``on_text``; queued messages to ``on_queued``."""
-        self._link.on_text, self._link.on_queued = on_text, on_queued
+    def until_closed(self) -> asyncio.Future[None]:
+        """Return a future done once the TCP connection is closed, for the task serving it.
+
+        What ``wait_closed()`` waits for, without its shield (a coroutine, a future and two
+        callbacks per call, kept for as long as an idle client stays): only the handler waits
+        here, so cancelling it cancels nobody else's wait.
+        """
+        link = self._link
+        if link.closed is None:
+            link.closed = self.loop.create_future()
+            if self.connection_lost_waiter.done():
+                link.closed.set_result(None)
+        return link.closed
+
+    def start_keepalive(self) -> None:
+        """Have the server's one keepalive timer ping this connection, instead of a task of its own."""
+        keepalive = self._link.server._keepalive
+        if keepalive is not None and self.ping_interval is not None:
+            keepalive.add(self)
+
+    def acknowledge_pings(self, data: bytes) -> None:
+        super().acknowledge_pings(data)
+        keepalive = self._link.server._keepalive
+        if keepalive is not None:
+            keepalive.pong(self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        keepalive = self._link.server._keepalive
+        if keepalive is not None:
+            keepalive.drained(self)
+
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close as websockets does; once the connection is closed, return at once.
+
+        websockets' ``close()`` does nothing then either (it is idempotent), but gets there
+        through a send context, a timeout, two shields and a ConnectionClosed raised and caught:
+        a tenth of a connect's cost, paid by every handler's end (``async with connection``).
+        """
+        if self.connection_lost_waiter.done():
+            return
+        await super().close(code, reason)
+
+    def read_with(self, conn: Connection) -> None:
+        """Hand every text frame from now on to the server, for ``conn``; queued messages too."""
+        self._link.conn = conn
         self._read_queued()  # what arrived before
 
     def process_event(self, event: Event) -> None:
         link = self._link
-        on_text = link.on_text
-        if on_text is None:
+        conn = link.conn
+        if conn is None:
             super().process_event(event)  # the handshake, or a frame before the server reads
             return
         if event.opcode is Opcode.TEXT and event.fin and link.reading is None and not len(self.recv_messages.frames):
@@ -2200,7 +2303,7 @@ class HTTPConnection(ServerConnection):
                 pass  # recv() fails the connection with 1007, as websockets does
             else:
                 try:
-                    on_text(text)
+                    link.server._on_text(conn, text)
                 except Exception:
                     self._crashed()
                 return
@@ -2211,12 +2314,12 @@ class HTTPConnection(ServerConnection):
     def _read_queued(self) -> None:
         """Start reading websockets' queue of messages (in order), unless it is empty or read."""
         link = self._link
-        if link.reading is None and link.on_queued is not None and len(self.recv_messages.frames):
-            link.reading = asyncio.ensure_future(self._reading(link.on_queued))
+        if link.reading is None and link.conn is not None and len(self.recv_messages.frames):
+            link.reading = asyncio.ensure_future(self._reading(link.conn))
 
-    async def _reading(self, read: Callable[[], Awaitable[None]]) -> None:
+    async def _reading(self, conn: Connection) -> None:
         try:
-            await read()
+            await self._link.server._read_queued(conn, self)
         except Exception:
             self._crashed()
         finally:
@@ -2225,7 +2328,7 @@ class HTTPConnection(ServerConnection):
     def _crashed(self) -> None:
         """Our bug, as when a connection handler crashes: log it, close with 1011."""
         logger.exception("error while handling a frame")
-        self._link.on_text = self._link.on_queued = None
+        self._link.conn = None
         if self.protocol.state is OPEN:
             self.protocol.fail(CloseCode.INTERNAL_ERROR)
             self.send_data()
