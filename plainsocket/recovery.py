@@ -4,9 +4,10 @@ When a socket drops without a closing handshake, the application is told at once
 disconnect handlers run, tracking stops counting the client), but the session (sid,
 namespaces, rooms, ``session`` data, the frames sent to it) is kept for ``recovery_window``
 seconds in a registry of its own, recording what it would have received (within
-``recovery_max_events`` and ``recovery_max_bytes``). The client reconnects with its secret, single-use token and the
-offset of the last frame it got; it receives, in order and exactly once, every frame after
-that offset before any new one (docs/protocol.md, "Extension: connection state recovery");
+``recovery_max_events`` and ``recovery_max_bytes``): broadcasts once for every session, in
+the server's log (:mod:`broadcast_log`), and the frames sent to it alone in its own. The
+client reconnects with its secret, single-use token and the offset of the last frame it got;
+it receives, in order and exactly once, every frame after that offset before any new one (docs/protocol.md, "Extension: connection state recovery");
 then the connect handlers run again, with ``request.recovered`` true. A session that expires
 runs nothing more.
 
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.exceptions import ConnectionClosed
 
+from .broadcast_log import offset_of
 from .connection import SERVICE_RESTART, TRANSPORT_CLOSE, GoneSocket
 from .protocol import (
     CONNECT,
@@ -146,7 +148,8 @@ class Recovery:
 
     def _check_budget(self: SocketServer) -> None:
         # Not during a drain: the sessions it keeps held that memory while they were live.
-        if self.kept_bytes > self.recovery_max_memory and not self._trimming and not self.draining:
+        held = self.kept_bytes + self.broadcasts.cost
+        if held > self.recovery_max_memory and not self._trimming and not self.draining:
             self._trimming = True
             asyncio.get_running_loop().call_soon(self._trim_kept_sessions)
 
@@ -154,7 +157,7 @@ class Recovery:
         """End the oldest kept sessions until all of them fit in ``recovery_max_memory``."""
         self._trimming = False
         for conn in list(self._kept_sessions.values()):
-            if self.kept_bytes <= self.recovery_max_memory or self.draining:
+            if self.kept_bytes + self.broadcasts.cost <= self.recovery_max_memory or self.draining:
                 return
             if self._evictable(conn):
                 self.recovery_evicted += 1
@@ -270,7 +273,7 @@ class Recovery:
             await asyncio.shield(conn.dropping)
         if not conn.detached or self._connections.get(sid) is not conn:
             return None  # ended (kicked, evicted, expired) meanwhile
-        frames = conn.frames_after(offset)
+        frames = self.missed(conn, offset)
         if frames is None:
             self._forget(conn, "frames after its offset are gone")
             return None
@@ -279,6 +282,23 @@ class Recovery:
         self._greet_recovered(conn, frames)
         return conn
 
+    def missed(self: SocketServer, conn: Connection, offset: str | None) -> list[bytes] | None:
+        """Return the frames sent to ``conn`` after ``offset`` (all when None), or None if some are gone."""
+        if conn.log is None:
+            return None
+        return conn.log.frames_after(
+            self.broadcasts,
+            conn.sid,
+            conn.last_broadcast,
+            self._membership(conn),
+            offset,
+            (self.recovery_max_events, self.recovery_max_bytes),
+        )
+
+    def _membership(self: SocketServer, conn: Connection) -> dict[str, frozenset[str]]:
+        """Return the namespaces and rooms that decide what ``conn`` receives now."""
+        return (self.kept_registry if conn.detached else self.registry).memberships(conn.sid)
+
     def _cancel_expiry(self: SocketServer, conn: Connection) -> None:
         if conn.expiry is not None:
             conn.expiry.cancel()
@@ -286,10 +306,14 @@ class Recovery:
 
     def _attach(self: SocketServer, conn: Connection, ws: ServerConnection) -> None:
         """Give a kept session its new socket and put it back in its rooms."""
-        for namespace, rooms in self._undetach(conn).items():
-            self.registry.connect(namespace, conn.sid)
-            for room in rooms:
-                self.registry.enter_room(namespace, conn.sid, room)
+        self._attaching = conn.sid  # the same membership, moving: no change to remember
+        try:
+            for namespace, rooms in self._undetach(conn).items():
+                self.registry.connect(namespace, conn.sid)
+                for room in rooms:
+                    self.registry.enter_room(namespace, conn.sid, room)
+        finally:
+            self._attaching = None
         conn.dropping = None
         conn.ws = ws
         conn.detached = False
@@ -334,7 +358,7 @@ class Recovery:
             await asyncio.wait([conn.dropping], timeout=CLAIM_TIMEOUT / 2)
         if not conn.detached or self._connections.get(sid) is not conn:
             return refused  # ended (kicked, evicted, expired) meanwhile
-        frames = conn.frames_after(offset)
+        frames = self.missed(conn, offset)
         try:
             state = json.loads(json.dumps({"sessions": conn.sessions}))
         except (TypeError, ValueError):
@@ -350,7 +374,10 @@ class Recovery:
             next_ack_id=conn.next_ack_id,
         )
         self._released.add(sid)
-        return {"ok": True, "sid": sid, "state": state, "frames": [f.decode() for f in frames], "mark": conn.log_count}
+        assert conn.log is not None  # missed() found frames
+        conn.log.released = conn.log.position(self.broadcasts)
+        mark = conn.log.count  # the other node hands it back; the position stays here
+        return {"ok": True, "sid": sid, "state": state, "frames": [f.decode() for f in frames], "mark": mark}
 
     def finish_release(self: SocketServer, sid: str, mark: int) -> list[str] | None:
         """Hand over the frames recorded since ``mark`` and forget the session, without handlers.
@@ -361,11 +388,13 @@ class Recovery:
         if conn is None or not conn.detached or sid not in self._released:
             return None
         self._released.discard(sid)
-        log = list(conn.log or ())
-        recent = conn.log_count - mark
-        if recent > len(log):
+        log = conn.log
+        if log is None or log.released is None:
             return None
-        frames = log[len(log) - recent :] if recent else []
+        # ``mark`` is what release_session() sent; the position it stands for stayed here.
+        frames = log.frames_since(self.broadcasts, sid, conn.last_broadcast, self._membership(conn), log.released)
+        if frames is None:
+            return None
         self.presence.handed_over(sid)  # no leave: the other node takes its presence over
         self._forget(conn, "handed over to another node")
         return [frame.decode() for frame in frames]
@@ -420,6 +449,8 @@ class Recovery:
         frames += [frame for frame in held if _offset_of(frame) not in sent]  # the overlap, once
         for frame in frames:
             conn.record(frame)
+        if conn.log is not None:
+            conn.log.restart(self.broadcasts.seq)  # the broadcasts held meanwhile are in its own log now
         self._greet_recovered(conn, frames)
         return conn
 
@@ -479,7 +510,4 @@ def _checked_state(state: Any) -> dict[str, Any]:
     return state
 
 
-def _offset_of(frame: bytes) -> str | None:
-    """Read the offset of one of our frames (it is the last field)."""
-    marker = frame.rfind(b',"offset":"')
-    return frame[marker + 11 : -2].decode() if marker != -1 else None
+_offset_of = offset_of

@@ -54,6 +54,7 @@ from websockets.frames import DATA_OPCODES, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Event
 
+from .broadcast_log import Broadcast, BroadcastLog, Mark, offset_of
 from .connection import (
     CLIENT_DISCONNECT,
     OPEN,
@@ -268,6 +269,8 @@ class SocketServer(Recovery):
         recovery_max_events: int = 1000,
         recovery_max_bytes: int = 2**20,
         recovery_max_memory: int = DEFAULT_RECOVERY_MAX_MEMORY,
+        recovery_log_events: int | None = None,
+        recovery_log_bytes: int | None = None,
         # Scale-out
         message_queue: str | None = None,
         channel: str = "plainsocket",
@@ -321,6 +324,12 @@ class SocketServer(Recovery):
         self.recovery_max_events = recovery_max_events
         self.recovery_max_bytes = recovery_max_bytes
         self.recovery_max_memory = recovery_max_memory
+        # The broadcasts kept once for every session (None: derived from the bounds above).
+        self.recovery_log_events = recovery_log_events
+        self.recovery_log_bytes = recovery_log_bytes
+        self.broadcasts = BroadcastLog(0, 0, 0.0)
+        self._size_broadcast_log()
+        self._attaching: str | None = None  # a sid whose membership moves back to the live registry
         self.drain_timeout = drain_timeout
         self._tokens: dict[str, str] = {}  # token digest -> sid
         self._released: set[str] = set()  # sids being handed over to another node
@@ -345,6 +354,8 @@ class SocketServer(Recovery):
 
         self.registry = Registry()  # live clients: what tracking and delivery see
         self.kept_registry = Registry()  # sessions kept for a resume: delivery records for them
+        self.registry.on_change = functools.partial(self._membership_changing, self.registry)
+        self.kept_registry.on_change = functools.partial(self._membership_changing, self.kept_registry)
         self.recoverable = 0  # how many sessions are kept
         self.kept_bytes = 0  # what they hold, as estimated for recovery_max_memory
         self.recovery_evicted = 0  # kept sessions ended early to stay within recovery_max_memory
@@ -546,6 +557,10 @@ class SocketServer(Recovery):
             recipients = recipients - skipped
         connections = self._connections
         wire = wire_frame(frame) if len(recipients) > 1 else None
+        # A frame for many is kept once, in the server's log, not by each recipient.
+        mark = None
+        if wire is not None and self.recovery_window:
+            mark = self._log_broadcast(namespace, frame, to, skipped).mark
         metrics = self._metrics
         started = time.perf_counter() if metrics is not None and wire is not None else 0.0
         count = 0
@@ -553,27 +568,71 @@ class SocketServer(Recovery):
         for sid in tuple(recipients):
             conn = connections.get(sid)
             if conn is not None:
-                conn.send(frame, wire)
+                conn.send(frame, wire, mark)
                 count += 1
         if metrics is not None:
             if started:
                 metrics.broadcast_seconds.observe(time.perf_counter() - started)
             metrics.frames_sent(namespace, count)
         if self.recoverable:
-            self._record_for_kept(namespace, frame, to, recipients, skipped)
+            self._record_for_kept(namespace, frame, to, recipients, skipped, mark)
         return count
 
     def _record_for_kept(
-        self, namespace: str, frame: bytes, to: str | Iterable[str] | None, live: set[str], skipped: set[str] | None
+        self,
+        namespace: str,
+        frame: bytes,
+        to: str | Iterable[str] | None,
+        live: set[str],
+        skipped: set[str] | None,
+        mark: Mark | None,
     ) -> None:
         """Record ``frame`` for the kept sessions it would have reached, for their resume."""
-        for sid in tuple(self.kept_registry.recipients(namespace, to)):
-            # A session whose disconnect handlers still run is in both registries: once.
-            if sid in live or (skipped is not None and sid in skipped):
-                continue
+        # A session whose disconnect handlers still run is in both registries: once.
+        kept = [
+            sid
+            for sid in self.kept_registry.recipients(namespace, to)
+            if sid not in live and (skipped is None or sid not in skipped)
+        ]
+        if mark is None and len(kept) > 1:
+            mark = self._log_broadcast(namespace, frame, to, skipped).mark
+        for sid in kept:
             conn = self._connections.get(sid)
-            if conn is not None:
-                conn.send(frame)
+            if conn is None:
+                continue
+            if mark is None:
+                conn.send(frame)  # to this session alone: in its own log
+            else:
+                conn.last_broadcast = mark
+
+    def _log_broadcast(
+        self, namespace: str, frame: bytes, to: str | Iterable[str] | None, skipped: set[str] | None
+    ) -> Broadcast:
+        """Keep a frame sent to many once, with its target, for the resumes that need it."""
+        entry = self.broadcasts.append(frame, offset_of(frame) or "", namespace, to, skipped)
+        if self.recoverable:
+            self._check_budget()
+        return entry
+
+    def _size_broadcast_log(self) -> None:
+        """Bound the broadcast log from the recovery options (again at start: flags may change them)."""
+        log = self.broadcasts
+        log.max_events = self.recovery_log_events or 10 * self.recovery_max_events
+        log.max_bytes = self.recovery_log_bytes or min(4 * self.recovery_max_bytes, self.recovery_max_memory // 2)
+        # Older broadcasts serve no session: a drop is seen within a ping interval and timeout,
+        # and a dropped session waits for its client one recovery window.
+        log.max_age = self.recovery_window + (self.ping_interval or 0) + (self.ping_timeout or 0)
+
+    def _membership_changing(self, registry: Registry, sid: str) -> None:
+        """Let a session remember its membership before it changes, to judge the broadcasts before."""
+        conn = self._connections.get(sid)
+        if conn is None or conn.log is None or sid == self._attaching:
+            return
+        if registry is not (self.kept_registry if conn.detached else self.registry):
+            return  # the other registry decides what this session receives now
+        log = self.broadcasts
+        if log.seq > conn.log.start:
+            conn.log.note_membership(log.seq, registry.memberships(sid), log.first_seq)
 
     def call(
         self, event: str, data: Any = None, *, to: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 60.0
@@ -918,6 +977,7 @@ class SocketServer(Recovery):
         self._socket_budget = self._fit_descriptors()
         self._loop.set_exception_handler(_quiet_exhaustion(self._loop.get_exception_handler(), self))
         self._trusted = parse_trusted(self.forwarded_allow_ips)
+        self._size_broadcast_log()
         self._hosts = parse_allowed(self.allowed_hosts)
         if self._hosts.everyone:
             logger.warning("allowed_hosts '*': any DNS name pointed at this server reaches it (DNS rebinding)")
@@ -1261,11 +1321,19 @@ class SocketServer(Recovery):
         }
         if self.recovery_window:
             report["recoverable"] = self.recoverable
+            log = self.broadcasts
             report["recovery"] = {
                 "sessions": self.recoverable,
-                "bytes": self.kept_bytes,
+                "bytes": self.kept_bytes + log.cost,  # the broadcast log counts once, for all
                 "max_bytes": self.recovery_max_memory,
                 "evicted": self.recovery_evicted,
+                "log": {
+                    "events": len(log.entries),
+                    "bytes": log.cost,
+                    "max_events": log.max_events,
+                    "max_bytes": log.max_bytes,
+                    "evicted": log.evicted,
+                },
             }
         report["descriptors"] = {
             "sockets": self._sockets,

@@ -12,7 +12,7 @@ from conftest import running, until
 from wire import Wire
 
 from plainsocket import SocketServer, join_room, request, rooms
-from plainsocket.connection import FRAME_COST, KEPT_SESSION_COST, Connection
+from plainsocket.connection import KEPT_SESSION_COST, Connection
 
 
 def resume_url(base: str, wire: Wire) -> str:
@@ -56,13 +56,22 @@ async def test_the_budget_ends_the_oldest_kept_sessions_first(opened: Any) -> No
         assert sorted(socketio._kept_sessions) == sorted(c.sid for c in clients[2:]), "the two oldest went first"
         assert socketio.kept_bytes == 3 * KEPT_SESSION_COST
         news = "x" * 3000
-        socketio.emit("news", news)  # recorded for every kept session: now they hold more
+        socketio.emit("news", news)  # kept once, in the broadcast log, which counts too
         await until(lambda: socketio.recoverable == 1)
         assert list(socketio._kept_sessions) == [clients[-1].sid], "the newest is the one left"
-        frame_cost = len(socketio._kept_sessions[clients[-1].sid].log[0]) + FRAME_COST
-        assert socketio.kept_bytes == KEPT_SESSION_COST + frame_cost <= budget
+        log = socketio.broadcasts
+        assert len(log.entries) == 1 and log.cost > len(news)
+        assert socketio.kept_bytes == KEPT_SESSION_COST, "a kept session does not count the shared frame"
         report = socketio.health()["recovery"]
-        assert report == {"sessions": 1, "bytes": socketio.kept_bytes, "max_bytes": budget, "evicted": 4}
+        held = socketio.kept_bytes + log.cost
+        assert report == {
+            "sessions": 1,
+            "bytes": held,
+            "max_bytes": budget,
+            "evicted": 4,
+            "log": {"events": 1, "bytes": log.cost, "max_events": 10_000, "max_bytes": budget // 2, "evicted": 0},
+        }
+        assert held <= budget
 
         for old in clients[:-1]:
             again = await opened(resume_url(url, old))
