@@ -102,7 +102,7 @@ class BroadcastLog:
         entries.append(entry)
         self.bytes += len(frame)
         oldest = now - self.max_age
-        while len(entries) > self.max_events or self.bytes > self.max_bytes or entries[0].sent < oldest:
+        while entries and (len(entries) > self.max_events or self.bytes > self.max_bytes or entries[0].sent < oldest):
             self.bytes -= len(entries.popleft().frame)
             self.evicted += 1
         return entry
