@@ -7,9 +7,9 @@ seconds in a registry of its own, recording what it would have received (within
 ``recovery_max_events`` and ``recovery_max_bytes``): broadcasts once for every session, in
 the server's log (:mod:`broadcast_log`), and the frames sent to it alone in its own. The
 client reconnects with its secret, single-use token and the offset of the last frame it got;
-it receives, in order and exactly once, every frame after that offset before any new one (docs/protocol.md, "Extension: connection state recovery");
-then the connect handlers run again, with ``request.recovered`` true. A session that expires
-runs nothing more.
+it receives, in order and exactly once, every frame after that offset before any new one
+(docs/protocol.md, "Extension: connection state recovery"); then the connect handlers run
+again, with ``request.recovered`` true. A session that expires runs nothing more.
 
 Across a cluster the token is claimed from the node that holds the session, over the Redis
 backplane: that node sends the session's state and recorded frames and goes on recording

@@ -594,7 +594,8 @@ class SocketServer(Recovery):
             for sid in self.kept_registry.recipients(namespace, to)
             if sid not in live and (skipped is None or sid not in skipped)
         ]
-        if mark is None and len(kept) > 1:
+        if mark is None and kept and len(kept) + len(live) > 1:
+            # For many, counting a live recipient (which keeps its copy: a resume sends it once).
             mark = self._log_broadcast(namespace, frame, to, skipped).mark
         for sid in kept:
             conn = self._connections.get(sid)
