@@ -27,9 +27,11 @@ from typing import Any
 
 from .protocol import offset_suffix
 
-# What a log entry costs besides its frame's bytes (the entry, its mark, offset and time),
-# and what an own frame adds besides its bytes; measured with tracemalloc, rounded up.
+# What a log entry costs besides its frame's bytes (the entry, its mark, offset and time;
+# a list of rooms and a set of skipped sids add theirs), and what an own frame adds besides
+# its bytes; measured with tracemalloc, rounded up.
 ENTRY_COST = 320
+SKIPPED_COST = 240
 FRAME_COST = 80
 MAX_EPOCHS = 32  # membership changes a session remembers within the log's span
 
@@ -58,6 +60,15 @@ class Broadcast:
         self.skipped = skipped
         self.sent = sent
 
+    def cost(self) -> int:
+        """Estimate the memory this entry holds."""
+        cost = ENTRY_COST + len(self.frame)
+        if isinstance(self.to, list):
+            cost += 64 + 8 * len(self.to)
+        if self.skipped is not None:
+            cost += SKIPPED_COST + 64 * len(self.skipped)
+        return cost
+
     def reaches(self, sid: str, membership: Membership) -> bool:
         """Tell whether a session with ``membership`` was one of this frame's recipients."""
         rooms = membership.get(self.namespace)
@@ -80,7 +91,7 @@ class BroadcastLog:
         self.max_age = max_age
         self.entries: deque[Broadcast] = deque()
         self.seq = 0  # of the newest entry ever appended
-        self.bytes = 0  # frames' bytes held now
+        self.bytes = 0  # what the entries held now cost, their frames included
         self.evicted = 0  # entries dropped to stay within the bounds
 
     @property
@@ -91,7 +102,7 @@ class BroadcastLog:
     @property
     def cost(self) -> int:
         """Estimate the memory the log holds, for ``recovery_max_memory``."""
-        return self.bytes + ENTRY_COST * len(self.entries)
+        return self.bytes
 
     def append(self, frame: bytes, offset: str, namespace: str, to: Any, skipped: set[str] | None) -> Broadcast:
         """Keep one broadcast; drop the oldest entries past a bound."""
@@ -100,10 +111,10 @@ class BroadcastLog:
         entry = Broadcast((self.seq, offset), frame, namespace, to, skipped, now)
         entries = self.entries
         entries.append(entry)
-        self.bytes += len(frame)
+        self.bytes += entry.cost()
         oldest = now - self.max_age
         while entries and (len(entries) > self.max_events or self.bytes > self.max_bytes or entries[0].sent < oldest):
-            self.bytes -= len(entries.popleft().frame)
+            self.bytes -= entries.popleft().cost()
             self.evicted += 1
         return entry
 
