@@ -33,6 +33,7 @@ from .protocol import offset_suffix
 ENTRY_COST = 320
 SKIPPED_COST = 240
 FRAME_COST = 80
+EPOCH_COST = 256  # a remembered membership: its tuple, dict and frozenset of (shared) room names
 MAX_EPOCHS = 32  # membership changes a session remembers within the log's span
 
 Mark = tuple[int, str]  # (seq, offset) of a broadcast: what a recipient remembers of it
@@ -169,8 +170,10 @@ class SessionLog:
 
     @property
     def cost(self) -> int:
+        """Estimate what the session's own frames and membership history hold."""
         frames = self.frames
-        return self.frames_bytes + FRAME_COST * len(frames) if frames else 0
+        cost = self.frames_bytes + FRAME_COST * len(frames) if frames else 0
+        return cost + EPOCH_COST * len(self.epochs) if self.epochs else cost
 
     def note_membership(self, seq: int, before: Membership, oldest: int) -> None:
         """Remember the membership that held up to broadcast ``seq``, before it changes now."""

@@ -633,7 +633,10 @@ class SocketServer(Recovery):
             return  # the other registry decides what this session receives now
         log = self.broadcasts
         if log.seq > conn.log.start:
+            before = conn.log.cost
             conn.log.note_membership(log.seq, registry.memberships(sid), log.first_seq)
+            if conn.detached:
+                self.kept_grew(conn, conn.log.cost - before)
 
     def call(
         self, event: str, data: Any = None, *, to: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 60.0
