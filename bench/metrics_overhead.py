@@ -2,15 +2,25 @@
 
 Usage (from the repository root)::
 
-    python bench/metrics_overhead.py            # 8 pairs per scenario, full loads (~2 minutes)
-    python bench/metrics_overhead.py --quick    # 2 short pairs, tiny loads (a smoke run)
+    python bench/metrics_overhead.py --loadgen       # throughput: 8 pairs per scenario (~2 minutes)
+    python bench/metrics_overhead.py --instructions  # instructions per echo and per delivery (valgrind)
+    python bench/metrics_overhead.py                 # the server's own work, timed in one process
+    python bench/metrics_overhead.py --quick ...     # fewer trials or pairs (a smoke run)
 
-Two ``python server.py`` run side by side with the benchmark's flags (bench/run.py), one with
-``--metrics`` (scraped every second during its load, harsher than Prometheus' default 15 s),
-one without. bench/run.py's echo and fan-out scenarios are measured on them in turns, in
-pairs (alternating which goes first), with its load generator. The cost is the median over
-the pairs of each pair's throughput ratio: paired measurements hold on a shared machine,
-where separate runs drift by tens of percent. The target is under 3 %.
+``--loadgen``: two ``python server.py`` run side by side with the benchmark's flags
+(bench/run.py), one with ``--metrics`` (scraped every second during its load, harsher than
+Prometheus' default 15 s), one without. bench/run.py's echo and fan-out scenarios are
+measured on them in turns, in pairs (alternating which goes first), with its load generator.
+The cost is the median over the pairs of each pair's throughput ratio: paired measurements
+hold on a shared machine, where separate runs drift by tens of percent. The target is under
+3 %.
+
+``--instructions``: ``server.py`` runs under valgrind's callgrind, which counts the
+instructions the process executes (the kernel's share of a write is not counted), with and
+without ``--metrics``, for a fixed number of echoes and of broadcasts (real clients over
+loopback) and for none: the difference is the work per echo and per delivery. A count does
+not depend on what else the machine runs, so it shows a cost of 1 % that throughput on a
+shared machine can not. Needs ``valgrind`` (Debian package).
 """
 
 from __future__ import annotations
@@ -154,13 +164,117 @@ async def in_process(clients: int, trials: int) -> dict[str, tuple[float, float]
         await socketio.shutdown()
 
 
+INSTRUCTION_CLIENTS = 10  # echo clients
+FANOUT_CLIENTS = 100  # receivers of each broadcast
+
+
+async def _joined(url: str) -> Any:
+    """A client of /test past its greetings (the connect and the demo's welcome)."""
+    import json as json_module
+
+    from websockets.asyncio.client import connect
+
+    ws = await connect(url, max_size=None)
+    await ws.recv()
+    await ws.send(json_module.dumps({"event": "connect", "namespace": "/test", "data": None}))
+    for _ in range(2):
+        await ws.recv()
+    return ws
+
+
+async def _echo_load(url: str, echoes: int, window: int = 16) -> None:
+    """Each client sends ``echoes`` echoes, ``window`` in flight, and reads every reply."""
+    import json as json_module
+
+    message = json_module.dumps({"event": "my event", "namespace": "/test", "data": {"data": "x" * 80}})
+
+    async def one() -> None:
+        ws = await _joined(url)
+        sent = received = 0
+        while sent < min(window, echoes):
+            await ws.send(message)
+            sent += 1
+        while received < echoes:
+            await ws.recv()
+            received += 1
+            if sent < echoes:
+                await ws.send(message)
+                sent += 1
+        await ws.close()
+
+    await asyncio.gather(*(one() for _ in range(INSTRUCTION_CLIENTS)))
+
+
+async def _fanout_load(url: str, broadcasts: int) -> None:
+    """One client broadcasts ``broadcasts`` times, one at a time; every client reads each."""
+    import json as json_module
+
+    message = json_module.dumps({"event": "my broadcast event", "namespace": "/test", "data": {"data": "y" * 80}})
+    clients = [await _joined(url) for _ in range(FANOUT_CLIENTS)]
+    for _ in range(broadcasts):
+        await clients[0].send(message)
+        for ws in clients:
+            await ws.recv()
+    for ws in clients:
+        await ws.close()
+
+
+def _instructions(metrics: bool, load: str, count: int) -> int:
+    """Run server.py under callgrind through ``load`` with ``count``; return its instruction total."""
+    import tempfile
+
+    out = Path(tempfile.mkdtemp()) / "callgrind.out"
+    argv = [
+        *("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable),
+        *("server.py", "--port", "0", *run.SERVER_ARGS),
+        *(["--metrics"] if metrics else []),
+    ]
+    run.START_TIMEOUT = run.STOP_TIMEOUT = 600.0  # valgrind runs the server some 50 times slower
+    with run.running(run.Server(OFF, argv, None, out.with_suffix(".log"))) as server:
+        drive = _echo_load(server.url, count) if load == "echo" else _fanout_load(server.url, count)
+        asyncio.run(drive)
+    for line in out.read_text().splitlines():
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise run.BenchError(f"no callgrind summary in {out}")
+
+
+def print_instructions(quick: bool) -> int:
+    """Instructions per echo and per delivery with metrics on and off, from callgrind totals."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    if shutil.which("valgrind") is None:
+        print("metrics_overhead.py: --instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
+        return 2
+    echoes, broadcasts = (30, 5) if quick else (300, 40)
+    units = {"echo": INSTRUCTION_CLIENTS * echoes, "fanout": FANOUT_CLIENTS * broadcasts}
+    jobs = [(on, load, n) for on in (False, True) for load, n in (("echo", echoes), ("fanout", broadcasts))]
+    jobs += [(on, load, 0) for on in (False, True) for load in ("echo", "fanout")]
+    with ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0)))) as pool:
+        totals = dict(zip(jobs, pool.map(lambda job: _instructions(*job), jobs), strict=True))
+    print(f"| instructions ({time.strftime('%Y-%m-%d')}), valgrind callgrind | metrics off | metrics on | cost |")
+    print("|---|---:|---:|---:|")
+    worst = 0.0
+    for load, label, n in (("echo", "per echo", echoes), ("fanout", "per delivery of a broadcast", broadcasts)):
+        per = {on: (totals[(on, load, n)] - totals[(on, load, 0)]) / units[load] for on in (False, True)}
+        cost = 100 * (per[True] / per[False] - 1)
+        worst = max(worst, cost)
+        print(f"| {label} | {per[False]:,.0f} | {per[True]:,.0f} | {cost:+.1f} % |")
+    print(f"\nworst cost {worst:.1f} % of the instructions (target < {TARGET:g} % of throughput)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials, or 2 pairs of short loadgen measurements")
     parser.add_argument("--loadgen", action="store_true", help="throughput with bench/run.py's load generator")
     parser.add_argument("--pairs", type=int, default=None, help="--loadgen: measurement pairs per scenario (default 8)")
     parser.add_argument("--node", default="node")
+    parser.add_argument("--instructions", action="store_true", help="count instructions under valgrind")
     args = parser.parse_args(argv)
+    if args.instructions:
+        return print_instructions(args.quick)
     if not args.loadgen:
         clients = 100 if args.quick else 1000
         found = asyncio.run(in_process(clients, 50 if args.quick else 400))

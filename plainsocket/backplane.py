@@ -26,7 +26,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -36,9 +36,6 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .protocol import Envelope, ProtocolError, parse_json, valid_offset
-
-if TYPE_CHECKING:
-    from .server import SocketServer
 
 logger = logging.getLogger("plainsocket.backplane")
 
@@ -133,12 +130,35 @@ def parse_message(raw: bytes | str) -> dict[str, Any]:
 # -- The node's link to Redis -----------------------------------------------------------------
 
 
+class BackplaneHost(Protocol):
+    """What the backplane needs of its node's server (``SocketServer`` is one).
+
+    Defined here, not imported from the server: the server is built on the backplane.
+    """
+
+    def start_background_task(self, target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any: ...
+
+    def apply_remote(self, message: dict[str, Any]) -> None: ...
+
+    def connection_count(self, namespace: str | None = None) -> int: ...
+
+    def local_view(self, namespace: str | None, room: str | None) -> tuple[list[str], int]: ...
+
+    async def call_local(
+        self, event: str, data: Any, to: str, namespace: str, timeout: float
+    ) -> tuple[list[Any], str | None, bool]: ...
+
+    async def release_session(self, key: str, offset: str | None) -> dict[str, Any] | None: ...
+
+    def finish_release(self, sid: str, mark: int) -> list[str] | None: ...
+
+
 class RedisBackplane:
     """One server node's publisher, supervised subscriber and heartbeat."""
 
     def __init__(
         self,
-        server: SocketServer,
+        server: BackplaneHost,
         url: str,
         *,
         channel: str = "plainsocket",

@@ -10,7 +10,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
@@ -20,7 +20,7 @@ from .broadcast_log import Mark, SessionLog
 from .protocol import CloseCode, Envelope
 
 if TYPE_CHECKING:
-    from .server import SocketServer
+    from .metrics import ServerMetrics
 
 OPEN = State.OPEN
 
@@ -54,6 +54,29 @@ class LimitExceededError(Exception):
     """A per-connection limit (rooms, pending acknowledgements) was reached."""
 
 
+class ConnectionOwner(Protocol):
+    """What a :class:`Connection` needs of the server that owns it (``SocketServer`` is one).
+
+    Defined here, not imported from the server: the server is built on connections, and a
+    connection knows only these limits and hooks.
+    """
+
+    max_send_buffer: int
+    max_pending_acks: int
+    rate_burst: float
+    close_timeout: float | None
+    recovery_window: float
+    recovery_max_events: int
+    recovery_max_bytes: int
+    _metrics: ServerMetrics | None
+
+    def client_address(self, ws: ServerConnection) -> str: ...
+
+    def flush_soon(self, conn: Connection) -> None: ...
+
+    def kept_grew(self, conn: Connection, grown: int) -> None: ...
+
+
 class Connection:
     """One WebSocket client: its sid, namespaces, pending acknowledgements and write path."""
 
@@ -67,6 +90,7 @@ class Connection:
         "dirty",
         "dropping",
         "expiry",
+        "frames_in",
         "held",
         "hold",
         "inflight",
@@ -94,7 +118,7 @@ class Connection:
         "ws",
     )
 
-    def __init__(self, server: SocketServer, ws: ServerConnection, sid: str | None = None) -> None:
+    def __init__(self, server: ConnectionOwner, ws: ServerConnection, sid: str | None = None) -> None:
         self.ws: ServerConnection | GoneSocket = ws
         self.server = server
         self.sid = sid or secrets.token_urlsafe(16)
@@ -106,6 +130,7 @@ class Connection:
         self.tokens = float(server.rate_burst)
         self.stamp = time.monotonic()
         self.refused = 0  # frames refused in a row by the rate limit
+        self.frames_in = 0  # frames received on the current socket (metrics add them up)
         self.backlog: deque[tuple[Envelope, int]] | None = None  # frames (and sizes) behind an async handler
         self.backlog_bytes = 0
         self.worker: asyncio.Task[None] | None = None

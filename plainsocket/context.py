@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING, Any
+from threading import get_ident
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
@@ -21,12 +21,49 @@ from .protocol import Envelope
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .server import SocketServer
+    from .metrics import ServerMetrics
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
-    server: SocketServer
+class HandlerHost(Protocol):
+    """What the helpers of a handler need of the server running it (``SocketServer`` is one).
+
+    Defined here, not imported from the server: the server is built on this module.
+    """
+
+    _loop_thread: int
+    _metrics: ServerMetrics | None
+
+    def frame(self, event: str, data: Any = None, namespace: str = ..., id: int | None = None) -> bytes: ...
+
+    def emit(
+        self,
+        event: str,
+        data: Any = None,
+        *,
+        namespace: str = ...,
+        to: str | Iterable[str] | None = None,
+        skip_sid: str | Iterable[str] | None = None,
+        include_self: bool = True,
+        callback: Callable[..., Any] | None = None,
+    ) -> int: ...
+
+    def enter_room(self, sid: str, room: str, *, namespace: str = ...) -> None: ...
+
+    def leave_room(self, sid: str, room: str, *, namespace: str = ...) -> None: ...
+
+    def close_room(self, room: str, *, namespace: str = ...) -> None: ...
+
+    def rooms(self, sid: str, *, namespace: str = ...) -> list[str]: ...
+
+    def disconnect(self, sid: str, *, namespace: str | None = None) -> None: ...
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
+
+
+class Context(NamedTuple):
+    """What a handler runs for; a named tuple, as one is built for every event handled."""
+
+    server: HandlerHost
     conn: Connection
     namespace: str
     recovered: bool = False  # a connect handler run on a resume of a kept session
@@ -156,13 +193,18 @@ def emit(
             # Never reach a client in a namespace it did not join (or was refused by).
             logger.warning("emit of %r not sent: sid=%s is not in namespace %r", event[:100], conn.sid, namespace[:100])
             return
-        if server._from_other_thread():  # a handler's work in asyncio.to_thread
+        if get_ident() != server._loop_thread:  # a handler's work in asyncio.to_thread
             server.frame(event, data, namespace)  # validate in the caller
             server._on_loop(lambda: conn.send(server.frame(event, data, namespace)))
             return
         conn.send(server.frame(event, data, namespace))
-        if server._metrics is not None:
-            server._metrics.frames_sent(namespace, 1)
+        metrics = server._metrics
+        if metrics is not None:
+            sent = metrics.sent  # metrics.frames_sent inlined: this runs for every reply
+            if namespace in sent:
+                sent[namespace] += 1
+            else:
+                metrics.frames_sent(namespace, 1)
         return
     if not include_self:
         skip_sid = _with(skip_sid, context.conn.sid)

@@ -201,6 +201,7 @@ class LiveStats:
     send_buffer_max_bytes: int
     pending_acks: int
     backplane: BackplaneStats | None
+    received_frames: int = 0  # by the live connections' sockets (closed ones are in the counter)
 
 
 # -- The counters of one process --------------------------------------------------------------
@@ -259,14 +260,17 @@ class ServerMetrics:
 
     def event_handled(self, namespace: str, seconds: float) -> None:
         """One event of ``namespace`` went through its handler in ``seconds`` (its count is the histogram's)."""
-        try:
-            histogram = self.handler_seconds[namespace]
-        except KeyError:
-            if namespace not in self.registered:
-                return
-            histogram = self.handler_seconds[namespace] = Histogram(HANDLER_BUCKETS)
-        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
-        histogram.sum += seconds
+        histogram = self.handler_seconds.get(namespace) or self.handler_histogram(namespace)
+        if histogram is not None:
+            histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+            histogram.sum += seconds
+
+    def handler_histogram(self, namespace: str) -> Histogram | None:
+        """The histogram of ``namespace``'s handlers; None for a namespace the app did not register."""
+        if namespace not in self.registered:
+            return None
+        histogram = self.handler_seconds[namespace] = Histogram(HANDLER_BUCKETS)
+        return histogram
 
     @property
     def received(self) -> dict[str, int]:
@@ -313,7 +317,9 @@ class ServerMetrics:
                 list(self.refused),
                 self.refused,
             ),
-            Family(p + "received_frames_total", "counter", "Frames received from clients").add(self.received_frames),
+            Family(p + "received_frames_total", "counter", "Frames received from clients").add(
+                self.received_frames + live.received_frames
+            ),
             _per_namespace(
                 Family(p + "events_received_total", "counter", "Events handled in each registered namespace"),
                 namespaces,

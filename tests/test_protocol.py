@@ -18,6 +18,15 @@ VALID = [
     ('{"event":"e","data":[1,2.5,null,true,"x"],"extra":1}', Envelope("e", data=[1, 2.5, None, True, "x"])),
     ('{"event":"' + "x" * 256 + '"}', Envelope("x" * 256)),
     ('{"event":"e","data":"\\ud83d\\ude00"}', Envelope("e", data="\U0001f600")),  # a valid surrogate pair
+    # Integers stay exact past 64 bits (orjson would make floats of them), floats stay floats.
+    ('{"event":"e","data":[9223372036854775807,18446744073709551615]}', Envelope("e", data=[2**63 - 1, 2**64 - 1])),
+    ('{"event":"e","data":[18446744073709551616,-9223372036854775809]}', Envelope("e", data=[2**64, -(2**63) - 1])),
+    (
+        '{"event":"e","data":[123456789012345678901234567890,1.5e308,-0.0,1E2]}',
+        Envelope("e", data=[123456789012345678901234567890, 1.5e308, -0.0, 100.0]),
+    ),
+    ('{"event":"e","data":"0000000000000000000000"}', Envelope("e", data="0" * 22)),
+    (' \t\n{"event":"e"}\r\n ', Envelope("e")),
     # The envelope counts as one level: 31 more are allowed by default.
     ('{"event":"e","data":' + "[" * 31 + "]" * 31 + "}", Envelope("e", data=json.loads("[" * 31 + "]" * 31))),
 ]
@@ -46,6 +55,11 @@ INVALID = [
     ('{"event":"e","data":NaN}', "not_strict_json"),
     ('{"event":"e","data":Infinity}', "not_strict_json"),
     ('{"event":"e","data":-Infinity}', "not_strict_json"),
+    ('{"event":"e","data":1e999}', "not_strict_json"),
+    ('{"event":"e","data":-1E400}', "not_strict_json"),
+    ('{"event":"e"} x', "invalid_json"),
+    ('{"event":"e",}', "invalid_json"),
+    ('{"event":"e\x01"}', "invalid_json"),
     ('{"event":"e","data":"\\ud800"}', "not_strict_json"),
     ('{"event":"\\udfff"}', "not_strict_json"),
     ('{"event":"e","data":{"\\ud800":1}}', "not_strict_json"),
@@ -115,12 +129,25 @@ def test_encode_is_compact_strict_json() -> None:
     assert encode("ack", 1, "/", 9) == '{"event":"ack","namespace":"/","data":1,"id":9}'
     with pytest.raises(ValueError):
         encode("e", float("nan"))
+    cycle: list[object] = []
+    cycle.append(cycle)
+    with pytest.raises(ValueError):
+        encode("e", cycle)
+    with pytest.raises(TypeError):
+        encode("e", {"data": object()})
+
+
+def test_envelope_is_immutable() -> None:
+    """A decoded envelope can not be changed after validation."""
+    envelope = decode('{"event":"e","id":3}')
+    with pytest.raises(AttributeError):
+        envelope.id = -1  # type: ignore[misc]
 
 
 json_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(-(2**60), 2**60)
+    | st.integers(-(2**70), 2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
