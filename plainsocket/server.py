@@ -229,7 +229,7 @@ class Namespace:
 # -- The server ------------------------------------------------------------------------------
 
 
-class SocketServer(Recovery):
+class SocketServer:
     """An event server: namespaces, rooms, broadcasts and acknowledgements over WebSockets.
 
     Constructing it has no side effects; nothing listens until :meth:`start` or :meth:`run`.
@@ -333,10 +333,7 @@ class SocketServer(Recovery):
         self.recovery_log_bytes = recovery_log_bytes
         self.broadcasts = BroadcastLog(0, 0, 0.0)
         self._size_broadcast_log()
-        self._attaching: str | None = None  # a sid whose membership moves back to the live registry
         self.drain_timeout = drain_timeout
-        self._tokens: dict[str, str] = {}  # token digest -> sid
-        self._released: set[str] = set()  # sids being handed over to another node
         self._offset_prefix = secrets.token_hex(4)  # offsets stay unique across a cluster
         self._offset_count = 0
         self.channel = channel
@@ -358,21 +355,28 @@ class SocketServer(Recovery):
 
         self.registry = Registry()  # live clients: what tracking and delivery see
         self.kept_registry = Registry()  # sessions kept for a resume: delivery records for them
-        self.registry.on_change = functools.partial(self._membership_changing, self.registry)
-        self.kept_registry.on_change = functools.partial(self._membership_changing, self.kept_registry)
-        self.recoverable = 0  # how many sessions are kept
-        self.kept_bytes = 0  # what they hold, as estimated for recovery_max_memory
-        self.recovery_evicted = 0  # kept sessions ended early to stay within recovery_max_memory
-        self._kept_sessions: dict[str, Connection] = {}  # oldest drop first
-        self._trimming = False
         self._handlers: dict[str, dict[str, _Handler]] = {DEFAULT_NAMESPACE: {}}
         self._error_handlers: dict[str, _Handler] = {}
         self._default_error_handler: _Handler | None = None
         self._connections: dict[str, Connection] = {}
         self.presence = PresenceHub(self._connections, self.registry, self.kept_registry)
         self.presence.configure(presence)
+        # Connection state recovery: the tokens, the kept sessions and their memory budget.
+        self.recovery = Recovery(
+            self,
+            connections=self._connections,
+            registry=self.registry,
+            kept_registry=self.kept_registry,
+            presence=self.presence,
+            broadcasts=self.broadcasts,
+        )
+        self.registry.on_change = functools.partial(self.recovery.membership_changing, self.registry)
+        self.kept_registry.on_change = functools.partial(self.recovery.membership_changing, self.kept_registry)
+        # The recovery's own objects, without a hop through it: delivery checks the first per
+        # frame, and connections call the second for each frame a kept session records.
+        self._kept_sessions = self.recovery.kept_sessions
+        self.kept_grew: Callable[[Connection, int], None] = self.recovery.kept_grew
         self._per_address: dict[str, int] = {}
-        self._kept: dict[str, int] = {}  # sessions kept for recovery, per address
         self._server: Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._to_flush: list[Connection] = []
@@ -581,7 +585,7 @@ class SocketServer(Recovery):
             if started:
                 metrics.broadcast_seconds.observe(perf_counter() - started)
             metrics.frames_sent(namespace, count)
-        if self.recoverable:
+        if self._kept_sessions:
             self._record_for_kept(namespace, frame, to, recipients, skipped, mark)
         return count
 
@@ -618,8 +622,8 @@ class SocketServer(Recovery):
     ) -> Broadcast:
         """Keep a frame sent to many once, with its target, for the resumes that need it."""
         entry = self.broadcasts.append(frame, offset_of(frame) or "", namespace, to, skipped)
-        if self.recoverable:
-            self._check_budget()
+        if self._kept_sessions:
+            self.recovery.check_budget()
         return entry
 
     def _size_broadcast_log(self) -> None:
@@ -630,20 +634,6 @@ class SocketServer(Recovery):
         # Older broadcasts serve no session: a drop is seen within a ping interval and timeout,
         # and a dropped session waits for its client one recovery window.
         log.max_age = self.recovery_window + (self.ping_interval or 0) + (self.ping_timeout or 0)
-
-    def _membership_changing(self, registry: Registry, sid: str) -> None:
-        """Let a session remember its membership before it changes, to judge the broadcasts before."""
-        conn = self._connections.get(sid)
-        if conn is None or conn.log is None or sid == self._attaching:
-            return
-        if registry is not (self.kept_registry if conn.detached else self.registry):
-            return  # the other registry decides what this session receives now
-        log = self.broadcasts
-        if log.seq > conn.log.start:
-            before = conn.log.cost
-            conn.log.note_membership(log.seq, registry.memberships(sid), log.first_seq)
-            if conn.detached:
-                self.kept_grew(conn, conn.log.cost - before)
 
     def call(
         self, event: str, data: Any = None, *, to: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 60.0
@@ -849,6 +839,11 @@ class SocketServer(Recovery):
             return len(self._connections) - self.recoverable
         return self.registry.count(namespace)
 
+    @property
+    def recoverable(self) -> int:
+        """Count the sessions kept for a resume (their clients dropped; see ``recovery_window``)."""
+        return len(self._kept_sessions)
+
     async def cluster_sids(self, namespace: str = DEFAULT_NAMESPACE, room: str | None = None) -> list[str]:
         """Return the sids in ``namespace`` (or in ``room``) on every node of the cluster."""
         sids, _ = self.local_view(namespace, room)
@@ -905,12 +900,12 @@ class SocketServer(Recovery):
         if conn.detached:
             # Its handlers ran at the drop: what is left is the kept state, which must not resume.
             if namespace is None or conn.namespaces == {namespace}:
-                self._forget(conn, SERVER_DISCONNECT)
+                self.recovery.forget(conn, SERVER_DISCONNECT)
             elif namespace in conn.namespaces:
                 self._forget_kept_namespace(conn, namespace)
             return
         if namespace is None:
-            self._forget_token(conn)  # a kicked client must not resume its session
+            self.recovery.forget_token(conn)  # a kicked client must not resume its session
             conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
         elif namespace in conn.namespaces:
             self._spawn(self._leave(conn, namespace, SERVER_DISCONNECT, notify=True))
@@ -1065,7 +1060,7 @@ class SocketServer(Recovery):
         if running:
             await asyncio.wait(running, timeout=self.close_timeout + 1.0)  # as live clients get
         for conn in kept:
-            self._forget(conn, SERVER_SHUTDOWN)
+            self.recovery.forget(conn, SERVER_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
         for listener in self._metrics_listeners:
@@ -1113,6 +1108,15 @@ class SocketServer(Recovery):
         """Close a client with 1012 and keep its session for the node it reconnects to."""
         self._handing_over.add(conn.sid)
         conn.close(CloseCode.SERVICE_RESTART, "service restart", SERVICE_RESTART)
+
+    def _note_drained(self, gone: str | None = None) -> None:
+        """While draining, tell :meth:`drain` once every session it closed left this node."""
+        if self._drained is None:
+            return
+        if gone is not None:
+            self._handing_over.discard(gone)
+        if not self._handing_over and not self._resuming:
+            self._drained.set()
 
     def run(
         self,
@@ -1335,9 +1339,9 @@ class SocketServer(Recovery):
             log = self.broadcasts
             report["recovery"] = {
                 "sessions": self.recoverable,
-                "bytes": self.kept_bytes + log.cost,  # the broadcast log counts once, for all
+                "bytes": self.recovery.kept_bytes + log.cost,  # the broadcast log counts once, for all
                 "max_bytes": self.recovery_max_memory,
-                "evicted": self.recovery_evicted,
+                "evicted": self.recovery.evicted,
                 "log": {
                     "events": len(log.entries),
                     "bytes": log.cost,
@@ -1514,7 +1518,7 @@ class SocketServer(Recovery):
         if self.recovery_window:
             self._resuming += 1
             try:
-                conn = await self._resume(ws)
+                conn = await self.recovery.resume(ws)
             finally:
                 self._resuming -= 1
         else:
@@ -1580,31 +1584,23 @@ class SocketServer(Recovery):
             # Else a newer socket took the session over, or it moved to another node.
             if conn.ws is ws and not conn.detached and self._connections.get(conn.sid) is conn:
                 reason = conn.close_reason or close_reason(ws)
-                if self._keeps(conn, reason):
-                    self._drop(conn, reason)
+                if self.recovery.keeps(conn, reason):
+                    self.recovery.drop(conn, reason)
                 else:
                     await self._end(conn, reason)
 
     def _over_connection_limit(self, conn: Connection) -> bool:
         if self._per_address.get(conn.address, 0) >= self.max_connections_per_address:
             return True
-        return len(self._connections) >= self.max_connections and not self._evict_kept_session()
-
-    def _evict_kept_session(self) -> bool:
-        """Make room for a live client by ending the oldest session kept for recovery."""
-        for kept in self._kept_sessions.values():
-            if self._evictable(kept):
-                self._forget(kept, "its place went to a live client (max_connections)")
-                return True
-        return False
+        return len(self._connections) >= self.max_connections and not self.recovery.evict_oldest()
 
     async def _end(self, conn: Connection, reason: str) -> None:
         """End a session: run each namespace's disconnect handler exactly once, forget it."""
-        self._undetach(conn)
+        self.recovery.undetach(conn)
         if conn.worker is not None:
             conn.worker.cancel()
         self._fail_pending(conn)
-        self._forget_token(conn)
+        self.recovery.forget_token(conn)
         for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
             await self._leave(conn, namespace, reason, notify=False)
         self.presence.ended(conn.sid, ())
@@ -1928,7 +1924,7 @@ class SocketServer(Recovery):
             conn.send(self.frame(CONNECT_ERROR, {"message": "unknown namespace"}, namespace))
             return None
         if namespace in conn.namespaces:
-            conn.send_control(self._connect_frame(conn, namespace))
+            conn.send_control(self.recovery.connect_frame(conn, namespace))
             return None
         if len(conn.namespaces) >= self.max_namespaces:
             if self._metrics is not None:
@@ -1976,7 +1972,7 @@ class SocketServer(Recovery):
     def _settle_connect(self, conn: Connection, namespace: str, refusal: str | None) -> None:
         held, conn.hold = conn.hold or [], None
         if refusal is None:
-            conn.send_control(self._connect_frame(conn, namespace))
+            conn.send_control(self.recovery.connect_frame(conn, namespace))
         else:
             # A refused client receives nothing from that namespace.
             self._refuse_namespace(conn, namespace, refusal)

@@ -53,7 +53,7 @@ def recorder(calls: list[Any]) -> Callable[[str], None]:
 
 def recorded(socketio: SocketServer, conn: Connection) -> int:
     """Count the frames a resume of ``conn`` from its first frame would replay."""
-    frames = socketio.missed(conn, None)
+    frames = socketio.recovery.missed(conn, None)
     assert frames is not None, "nothing recorded for it is gone"
     return len(frames)
 
@@ -69,7 +69,7 @@ async def dropped(socketio: SocketServer, wire: Wire) -> Connection:
 async def waiting_for_claim(socketio: SocketServer, wire: Wire) -> None:
     """Wait until a resume of ``wire``'s session reached ``socketio`` (it took the token)."""
     key = digest(wire.hello["data"]["recovery"]["token"])
-    await until(lambda: key not in socketio._tokens)
+    await until(lambda: key not in socketio.recovery._tokens)
 
 
 # -- Rooms of the kept session ---------------------------------------------------------------
