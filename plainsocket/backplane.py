@@ -130,6 +130,14 @@ def parse_message(raw: bytes | str) -> dict[str, Any]:
 # -- The node's link to Redis -----------------------------------------------------------------
 
 
+class SessionHolder(Protocol):
+    """What the backplane needs of its node's recovery: handing a kept session to the node that claims it."""
+
+    async def release_session(self, key: str, offset: str | None) -> dict[str, Any] | None: ...
+
+    def finish_release(self, sid: str, mark: int) -> list[str] | None: ...
+
+
 class BackplaneHost(Protocol):
     """What the backplane needs of its node's server (``SocketServer`` is one).
 
@@ -148,9 +156,8 @@ class BackplaneHost(Protocol):
         self, event: str, data: Any, to: str, namespace: str, timeout: float
     ) -> tuple[list[Any], str | None, bool]: ...
 
-    async def release_session(self, key: str, offset: str | None) -> dict[str, Any] | None: ...
-
-    def finish_release(self, sid: str, mark: int) -> list[str] | None: ...
+    @property
+    def recovery(self) -> SessionHolder: ...
 
 
 class RedisBackplane:
@@ -449,7 +456,7 @@ class RedisBackplane:
         elif kind == "claim":
             self.server.start_background_task(self._answer_claim, message)
         elif kind == "finish":
-            frames = self.server.finish_release(message["sid"], message["mark"])
+            frames = self.server.recovery.finish_release(message["sid"], message["mark"])
             self._reply(message["reply_to"], "finish_reply", claim_id=message["claim_id"], frames=frames)
         elif kind == "call":
             self.server.start_background_task(self._answer_call, message)
@@ -596,7 +603,7 @@ class RedisBackplane:
 
     async def _answer_claim(self, message: dict[str, Any]) -> None:
         # Every node answers, so that an unknown token is settled in one round trip.
-        released = await self.server.release_session(message["key"], message["offset"])
+        released = await self.server.recovery.release_session(message["key"], message["offset"])
         reply = released or {"ok": False, "sid": "", "state": None, "frames": [], "mark": 0}
         self._reply(
             message["reply_to"], "claim_reply", claim_id=message["claim_id"], found=released is not None, **reply

@@ -16,7 +16,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from .protocol import CloseCode, Envelope, offset_suffix
+from .broadcast_log import Mark, SessionLog
+from .protocol import CloseCode, Envelope
 
 if TYPE_CHECKING:
     from .metrics import ServerMetrics
@@ -36,9 +37,8 @@ TOO_MANY_CONNECTIONS = "too many connections"
 
 
 # What a kept session costs besides its frames (its Connection, registry entries, token),
-# measured with tracemalloc; and what each recorded frame adds besides its bytes.
+# measured with tracemalloc.
 KEPT_SESSION_COST = 2048
-FRAME_COST = 16
 SEEN_ID_COST = 75  # an int in a set and in a deque
 NO_IDS: frozenset[int] = frozenset()
 
@@ -96,10 +96,8 @@ class Connection:
         "hold",
         "inflight",
         "kept_cost",
+        "last_broadcast",
         "log",
-        "log_bytes",
-        "log_count",
-        "log_evicted",
         "namespaces",
         "next_ack_id",
         "pending",
@@ -147,12 +145,9 @@ class Connection:
         self.stalled_since: float | None = None
         # Connection state recovery (docs/protocol.md): what was sent, kept for a resume.
         self.token: str | None = None
-        # Created on the first frame, as a list (88 bytes, where a deque takes 624): most clients
-        # never fill it, and it becomes a deque only when it must be trimmed from the front.
-        self.log: list[bytes] | deque[bytes] | None = None
-        self.log_bytes = 0
-        self.log_count = 0  # frames ever recorded
-        self.log_evicted = False
+        # Broadcasts are kept once, in the server's log: a session keeps its own frames only.
+        self.log = SessionLog(server.broadcasts.seq) if server.recovery_window else None
+        self.last_broadcast: Mark | None = None  # the newest broadcast sent to it
         self.seen: tuple[set[int], deque[int]] | None = None  # ids of client frames accepted
         # Of those, the ones not answered yet: a set once there is one (most clients never send ids).
         self.inflight: set[int] | frozenset[int] = NO_IDS
@@ -164,11 +159,12 @@ class Connection:
         self.expiry: asyncio.TimerHandle | None = None
         self.kept_cost = 0  # what it counts against recovery_max_memory while it is kept
 
-    def send(self, frame: bytes, wire: bytes | None = None) -> None:
+    def send(self, frame: bytes, wire: bytes | None = None, mark: Mark | None = None) -> None:
         """Queue one text frame without waiting: no single client can delay the others.
 
         ``wire`` is the frame already serialized by :func:`wire_frame`, shared by the
-        recipients of a broadcast.
+        recipients of a broadcast; ``mark`` names the broadcast in the server's log (which
+        keeps it for a resume instead of this session).
         """
         if self.hold is not None:
             # Held frames are buffered too: a slow or stuck connect handler must not make
@@ -178,7 +174,9 @@ class Connection:
             if self.held > self.server.max_send_buffer:
                 self.close(CloseCode.SLOW_CONSUMER, SLOW_CONSUMER, SLOW_CONSUMER)
             return
-        if self.server.recovery_window:
+        if mark is not None:
+            self.last_broadcast = mark
+        elif self.server.recovery_window:
             self.record(frame)
         self.write(frame, wire)
 
@@ -187,49 +185,28 @@ class Connection:
         self.write(frame)
 
     def record(self, frame: bytes) -> None:
-        """Keep ``frame`` for a resume, within the session's event and byte bounds."""
+        """Keep ``frame`` (sent to this session alone) for a resume, within its bounds."""
         log = self.log
         if log is None:
-            log = self.log = []
-        before = self.log_bytes + FRAME_COST * len(log)
-        log.append(frame)
-        self.log_bytes += len(frame)
-        self.log_count += 1
+            return  # recovery was off when it connected
         server = self.server
-        if len(log) > server.recovery_max_events or self.log_bytes > server.recovery_max_bytes:
-            if isinstance(log, list):
-                log = self.log = deque(log)
-            while len(log) > server.recovery_max_events or self.log_bytes > server.recovery_max_bytes:
-                self.log_bytes -= len(log.popleft())
-                self.log_evicted = True
+        grown = log.record(frame, server.broadcasts.seq, server.recovery_max_events, server.recovery_max_bytes)
         if self.detached:
-            server.kept_grew(self, self.log_bytes + FRAME_COST * len(log) - before)
+            server.kept_grew(self, grown)
 
     def recovery_cost(self) -> int:
         """Estimate what this session holds while it is kept, for ``recovery_max_memory``.
 
-        A frame counts its full size, although a broadcast's bytes are shared by every
-        recipient: the estimate errs on the side of the budget. ``session`` data is not
-        counted (it is the application's, and measuring it would cost a walk of it).
+        Its own frames count in full; the broadcasts it would replay are counted once, in the
+        server's log. ``session`` data is not counted (it is the application's, and measuring
+        it would cost a walk of it).
         """
-        log = self.log
         cost = KEPT_SESSION_COST + self.backlog_bytes  # frames still waiting for a handler
-        if log:
-            cost += self.log_bytes + FRAME_COST * len(log)
+        if self.log is not None:
+            cost += self.log.cost
         if self.seen is not None:
             cost += SEEN_ID_COST * len(self.seen[1])  # ids remembered for deduplication
         return cost
-
-    def frames_after(self, offset: str | None) -> list[bytes] | None:
-        """Return the recorded frames after ``offset`` (all when None), or None if some are gone."""
-        frames = list(self.log or ())
-        if offset is None:
-            return None if self.log_evicted else frames
-        suffix = offset_suffix(offset)
-        for index in range(len(frames) - 1, -1, -1):
-            if frames[index].endswith(suffix):
-                return frames[index + 1 :]
-        return None
 
     def handling(self, id: int) -> None:
         """Note that the frame with ``id`` is being handled (until :meth:`answered`)."""
@@ -324,7 +301,8 @@ class Connection:
         if self.hold:
             # Held frames die with the socket and were never recorded: a resume must not hide
             # that gap, so this session can only start afresh.
-            self.log, self.log_bytes, self.log_evicted = None, 0, True
+            if self.log is not None:
+                self.log.broken = True
         self.hold = None
         ws = self.ws
         if ws.protocol.state is OPEN:

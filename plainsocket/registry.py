@@ -7,7 +7,7 @@ Every client of a namespace is also in a room named after its sid (as in Socket.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class Registry:
@@ -17,15 +17,21 @@ class Registry:
         self._members: dict[str, set[str]] = {}  # namespace -> sids
         self._rooms: dict[str, dict[str, set[str]]] = {}  # namespace -> room -> sids
         self._rooms_of: dict[tuple[str, str], set[str]] = {}  # (namespace, sid) -> rooms
+        # Told a sid's membership is about to change (recovery judges broadcasts by the old one).
+        self.on_change: Callable[[str], None] | None = None
 
     def connect(self, namespace: str, sid: str) -> None:
         """Add ``sid`` to ``namespace`` and to its own room there."""
+        if self.on_change is not None:
+            self.on_change(sid)
         self._members.setdefault(namespace, set()).add(sid)
         self._rooms_of.setdefault((namespace, sid), set())
         self.enter_room(namespace, sid, sid)
 
     def disconnect(self, namespace: str, sid: str) -> bool:
         """Remove ``sid`` from ``namespace`` and all its rooms; return whether it was there."""
+        if self.on_change is not None and (namespace, sid) in self._rooms_of:
+            self.on_change(sid)
         rooms = self._rooms_of.pop((namespace, sid), None)
         if rooms is None:
             return False
@@ -42,6 +48,8 @@ class Registry:
 
     def enter_room(self, namespace: str, sid: str, room: str) -> None:
         """Put a connected ``sid`` in ``room``."""
+        if self.on_change is not None and room not in self._rooms_of[(namespace, sid)]:
+            self.on_change(sid)
         self._rooms_of[(namespace, sid)].add(room)
         self._rooms.setdefault(namespace, {}).setdefault(room, set()).add(sid)
 
@@ -49,11 +57,16 @@ class Registry:
         """Take ``sid`` out of ``room`` (no error when it was not in it)."""
         rooms = self._rooms_of.get((namespace, sid))
         if rooms is not None and room in rooms:
+            if self.on_change is not None:
+                self.on_change(sid)
             rooms.discard(room)
             self._discard(namespace, room, sid)
 
     def close_room(self, namespace: str, room: str) -> set[str]:
         """Take everyone out of ``room``; return who was in it."""
+        if self.on_change is not None:
+            for sid in tuple(self._rooms.get(namespace, {}).get(room, ())):
+                self.on_change(sid)
         members = self._rooms.get(namespace, {}).pop(room, set())
         for sid in members:
             self._rooms_of[(namespace, sid)].discard(room)
@@ -64,6 +77,15 @@ class Registry:
     def rooms(self, namespace: str, sid: str) -> set[str]:
         """Return the rooms of ``sid`` in ``namespace`` (its own room included)."""
         return set(self._rooms_of.get((namespace, sid), ()))
+
+    def memberships(self, sid: str) -> dict[str, frozenset[str]]:
+        """Return every namespace of ``sid`` with its rooms there (its own room included)."""
+        found = {}
+        for namespace in self._members:
+            rooms = self._rooms_of.get((namespace, sid))
+            if rooms is not None:
+                found[namespace] = frozenset(rooms)
+        return found
 
     def room_count(self, namespace: str, sid: str) -> int:
         return len(self._rooms_of.get((namespace, sid), ()))

@@ -57,6 +57,7 @@ from websockets.frames import DATA_OPCODES, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Event
 
+from .broadcast_log import Broadcast, BroadcastLog, Mark, offset_of
 from .connection import (
     CLIENT_DISCONNECT,
     OPEN,
@@ -230,7 +231,7 @@ class Namespace:
 # -- The server ------------------------------------------------------------------------------
 
 
-class SocketServer(Recovery):
+class SocketServer:
     """An event server: namespaces, rooms, broadcasts and acknowledgements over WebSockets.
 
     Constructing it has no side effects; nothing listens until :meth:`start` or :meth:`run`.
@@ -274,6 +275,8 @@ class SocketServer(Recovery):
         recovery_max_events: int = 1000,
         recovery_max_bytes: int = 2**20,
         recovery_max_memory: int = DEFAULT_RECOVERY_MAX_MEMORY,
+        recovery_log_events: int | None = None,
+        recovery_log_bytes: int | None = None,
         # Scale-out
         message_queue: str | None = None,
         channel: str = "plainsocket",
@@ -328,9 +331,12 @@ class SocketServer(Recovery):
         self.recovery_max_events = recovery_max_events
         self.recovery_max_bytes = recovery_max_bytes
         self.recovery_max_memory = recovery_max_memory
+        # The broadcasts kept once for every session (None: derived from the bounds above).
+        self.recovery_log_events = recovery_log_events
+        self.recovery_log_bytes = recovery_log_bytes
+        self.broadcasts = BroadcastLog(0, 0, 0.0)
+        self._size_broadcast_log()
         self.drain_timeout = drain_timeout
-        self._tokens: dict[str, str] = {}  # token digest -> sid
-        self._released: set[str] = set()  # sids being handed over to another node
         self._offset_prefix = secrets.token_hex(4)  # offsets stay unique across a cluster
         self._offset_count = 0
         self.channel = channel
@@ -352,19 +358,28 @@ class SocketServer(Recovery):
 
         self.registry = Registry()  # live clients: what tracking and delivery see
         self.kept_registry = Registry()  # sessions kept for a resume: delivery records for them
-        self.recoverable = 0  # how many sessions are kept
-        self.kept_bytes = 0  # what they hold, as estimated for recovery_max_memory
-        self.recovery_evicted = 0  # kept sessions ended early to stay within recovery_max_memory
-        self._kept_sessions: dict[str, Connection] = {}  # oldest drop first
-        self._trimming = False
         self._handlers: dict[str, dict[str, _Handler]] = {DEFAULT_NAMESPACE: {}}
         self._error_handlers: dict[str, _Handler] = {}
         self._default_error_handler: _Handler | None = None
         self._connections: dict[str, Connection] = {}
         self.presence = PresenceHub(self._connections, self.registry, self.kept_registry)
         self.presence.configure(presence)
+        # Connection state recovery: the tokens, the kept sessions and their memory budget.
+        self.recovery = Recovery(
+            self,
+            connections=self._connections,
+            registry=self.registry,
+            kept_registry=self.kept_registry,
+            presence=self.presence,
+            broadcasts=self.broadcasts,
+        )
+        self.registry.on_change = functools.partial(self.recovery.membership_changing, self.registry)
+        self.kept_registry.on_change = functools.partial(self.recovery.membership_changing, self.kept_registry)
+        # The recovery's own objects, without a hop through it: delivery checks the first per
+        # frame, and connections call the second for each frame a kept session records.
+        self._kept_sessions = self.recovery.kept_sessions
+        self.kept_grew: Callable[[Connection, int], None] = self.recovery.kept_grew
         self._per_address: dict[str, int] = {}
-        self._kept: dict[str, int] = {}  # sessions kept for recovery, per address
         self._server: Server | None = None
         self._keepalive: Keepalive | None = None  # pings every connection (ping_interval)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -557,6 +572,10 @@ class SocketServer(Recovery):
             recipients = recipients - skipped
         connections = self._connections
         wire = wire_frame(frame) if len(recipients) > 1 else None
+        # A frame for many is kept once, in the server's log, not by each recipient.
+        mark = None
+        if wire is not None and self.recovery_window:
+            mark = self._log_broadcast(namespace, frame, to, skipped).mark
         metrics = self._metrics
         started = perf_counter() if metrics is not None and wire is not None else 0.0
         count = 0
@@ -564,27 +583,61 @@ class SocketServer(Recovery):
         for sid in tuple(recipients):
             conn = connections.get(sid)
             if conn is not None:
-                conn.send(frame, wire)
+                conn.send(frame, wire, mark)
                 count += 1
         if metrics is not None:
             if started:
                 metrics.broadcast_seconds.observe(perf_counter() - started)
             metrics.frames_sent(namespace, count)
-        if self.recoverable:
-            self._record_for_kept(namespace, frame, to, recipients, skipped)
+        if self._kept_sessions:
+            self._record_for_kept(namespace, frame, to, recipients, skipped, mark)
         return count
 
     def _record_for_kept(
-        self, namespace: str, frame: bytes, to: str | Iterable[str] | None, live: set[str], skipped: set[str] | None
+        self,
+        namespace: str,
+        frame: bytes,
+        to: str | Iterable[str] | None,
+        live: set[str],
+        skipped: set[str] | None,
+        mark: Mark | None,
     ) -> None:
         """Record ``frame`` for the kept sessions it would have reached, for their resume."""
-        for sid in tuple(self.kept_registry.recipients(namespace, to)):
-            # A session whose disconnect handlers still run is in both registries: once.
-            if sid in live or (skipped is not None and sid in skipped):
-                continue
+        # A session whose disconnect handlers still run is in both registries: once.
+        kept = [
+            sid
+            for sid in self.kept_registry.recipients(namespace, to)
+            if sid not in live and (skipped is None or sid not in skipped)
+        ]
+        if mark is None and kept and len(kept) + len(live) > 1:
+            # For many, counting a live recipient (which keeps its copy: a resume sends it once).
+            mark = self._log_broadcast(namespace, frame, to, skipped).mark
+        for sid in kept:
             conn = self._connections.get(sid)
-            if conn is not None:
-                conn.send(frame)
+            if conn is None:
+                continue
+            if mark is None:
+                conn.send(frame)  # to this session alone: in its own log
+            else:
+                conn.last_broadcast = mark
+
+    def _log_broadcast(
+        self, namespace: str, frame: bytes, to: str | Iterable[str] | None, skipped: set[str] | None
+    ) -> Broadcast:
+        """Keep a frame sent to many once, with its target, for the resumes that need it."""
+        entry = self.broadcasts.append(frame, offset_of(frame) or "", namespace, to, skipped)
+        if self._kept_sessions:
+            self.recovery.check_budget()
+        return entry
+
+    def _size_broadcast_log(self) -> None:
+        """Bound the broadcast log from the recovery options (again at start: flags may change them)."""
+        log = self.broadcasts
+        log.max_events = self.recovery_log_events or 10 * self.recovery_max_events
+        log.max_bytes = self.recovery_log_bytes or min(4 * self.recovery_max_bytes, self.recovery_max_memory // 2)
+        # Older broadcasts serve no session: a drop is seen within a ping interval and timeout,
+        # and a dropped session waits for its client one recovery window.
+        log.max_age = self.recovery_window + (self.ping_interval or 0) + (self.ping_timeout or 0)
 
     def call(
         self, event: str, data: Any = None, *, to: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 60.0
@@ -790,6 +843,11 @@ class SocketServer(Recovery):
             return len(self._connections) - self.recoverable
         return self.registry.count(namespace)
 
+    @property
+    def recoverable(self) -> int:
+        """Count the sessions kept for a resume (their clients dropped; see ``recovery_window``)."""
+        return len(self._kept_sessions)
+
     async def cluster_sids(self, namespace: str = DEFAULT_NAMESPACE, room: str | None = None) -> list[str]:
         """Return the sids in ``namespace`` (or in ``room``) on every node of the cluster."""
         sids, _ = self.local_view(namespace, room)
@@ -846,12 +904,12 @@ class SocketServer(Recovery):
         if conn.detached:
             # Its handlers ran at the drop: what is left is the kept state, which must not resume.
             if namespace is None or conn.namespaces == {namespace}:
-                self._forget(conn, SERVER_DISCONNECT)
+                self.recovery.forget(conn, SERVER_DISCONNECT)
             elif namespace in conn.namespaces:
                 self._forget_kept_namespace(conn, namespace)
             return
         if namespace is None:
-            self._forget_token(conn)  # a kicked client must not resume its session
+            self.recovery.forget_token(conn)  # a kicked client must not resume its session
             conn.close(CloseCode.SERVER_DISCONNECT, SERVER_DISCONNECT, SERVER_DISCONNECT)
         elif namespace in conn.namespaces:
             self._spawn(self._leave(conn, namespace, SERVER_DISCONNECT, notify=True))
@@ -929,6 +987,7 @@ class SocketServer(Recovery):
         self._socket_budget = self._fit_descriptors()
         self._loop.set_exception_handler(_quiet_exhaustion(self._loop.get_exception_handler(), self))
         self._trusted = parse_trusted(self.forwarded_allow_ips)
+        self._size_broadcast_log()
         self._hosts = parse_allowed(self.allowed_hosts)
         self._host_verdicts = {}
         if self._hosts.everyone:
@@ -1008,7 +1067,7 @@ class SocketServer(Recovery):
         if running:
             await asyncio.wait(running, timeout=self.close_timeout + 1.0)  # as live clients get
         for conn in kept:
-            self._forget(conn, SERVER_SHUTDOWN)
+            self.recovery.forget(conn, SERVER_SHUTDOWN)
         for task in list(self._tasks):
             task.cancel()
         if self._keepalive is not None:
@@ -1058,6 +1117,15 @@ class SocketServer(Recovery):
         """Close a client with 1012 and keep its session for the node it reconnects to."""
         self._handing_over.add(conn.sid)
         conn.close(CloseCode.SERVICE_RESTART, "service restart", SERVICE_RESTART)
+
+    def _note_drained(self, gone: str | None = None) -> None:
+        """While draining, tell :meth:`drain` once every session it closed left this node."""
+        if self._drained is None:
+            return
+        if gone is not None:
+            self._handing_over.discard(gone)
+        if not self._handing_over and not self._resuming:
+            self._drained.set()
 
     def run(
         self,
@@ -1294,11 +1362,19 @@ class SocketServer(Recovery):
         }
         if self.recovery_window:
             report["recoverable"] = self.recoverable
+            log = self.broadcasts
             report["recovery"] = {
                 "sessions": self.recoverable,
-                "bytes": self.kept_bytes,
+                "bytes": self.recovery.kept_bytes + log.cost,  # the broadcast log counts once, for all
                 "max_bytes": self.recovery_max_memory,
-                "evicted": self.recovery_evicted,
+                "evicted": self.recovery.evicted,
+                "log": {
+                    "events": len(log.entries),
+                    "bytes": log.cost,
+                    "max_events": log.max_events,
+                    "max_bytes": log.max_bytes,
+                    "evicted": log.evicted,
+                },
             }
         report["descriptors"] = {
             "sockets": self._sockets,
@@ -1468,7 +1544,7 @@ class SocketServer(Recovery):
         if self.recovery_window and _may_resume(ws):
             self._resuming += 1
             try:
-                conn = await self._resume(ws)
+                conn = await self.recovery.resume(ws)
             finally:
                 self._resuming -= 1
         else:
@@ -1534,31 +1610,23 @@ class SocketServer(Recovery):
             # Else a newer socket took the session over, or it moved to another node.
             if conn.ws is ws and not conn.detached and self._connections.get(conn.sid) is conn:
                 reason = conn.close_reason or close_reason(ws)
-                if self._keeps(conn, reason):
-                    self._drop(conn, reason)
+                if self.recovery.keeps(conn, reason):
+                    self.recovery.drop(conn, reason)
                 else:
                     await self._end(conn, reason)
 
     def _over_connection_limit(self, conn: Connection) -> bool:
         if self._per_address.get(conn.address, 0) >= self.max_connections_per_address:
             return True
-        return len(self._connections) >= self.max_connections and not self._evict_kept_session()
-
-    def _evict_kept_session(self) -> bool:
-        """Make room for a live client by ending the oldest session kept for recovery."""
-        for kept in self._kept_sessions.values():
-            if self._evictable(kept):
-                self._forget(kept, "its place went to a live client (max_connections)")
-                return True
-        return False
+        return len(self._connections) >= self.max_connections and not self.recovery.evict_oldest()
 
     async def _end(self, conn: Connection, reason: str) -> None:
         """End a session: run each namespace's disconnect handler exactly once, forget it."""
-        self._undetach(conn)
+        self.recovery.undetach(conn)
         if conn.worker is not None:
             conn.worker.cancel()
         self._fail_pending(conn)
-        self._forget_token(conn)
+        self.recovery.forget_token(conn)
         for namespace in sorted(conn.namespaces, key=lambda ns: ns == DEFAULT_NAMESPACE):
             await self._leave(conn, namespace, reason, notify=False)
         self.presence.ended(conn.sid, ())
@@ -1882,7 +1950,7 @@ class SocketServer(Recovery):
             conn.send(self.frame(CONNECT_ERROR, {"message": "unknown namespace"}, namespace))
             return None
         if namespace in conn.namespaces:
-            conn.send_control(self._connect_frame(conn, namespace))
+            conn.send_control(self.recovery.connect_frame(conn, namespace))
             return None
         if len(conn.namespaces) >= self.max_namespaces:
             if self._metrics is not None:
@@ -1930,7 +1998,7 @@ class SocketServer(Recovery):
     def _settle_connect(self, conn: Connection, namespace: str, refusal: str | None) -> None:
         held, conn.hold = conn.hold or [], None
         if refusal is None:
-            conn.send_control(self._connect_frame(conn, namespace))
+            conn.send_control(self.recovery.connect_frame(conn, namespace))
         else:
             # A refused client receives nothing from that namespace.
             self._refuse_namespace(conn, namespace, refusal)

@@ -326,7 +326,8 @@ async def test_presence_frames_are_not_recorded_for_a_resume(opened: Any) -> Non
             await observer.until(diff_with("joins", f"p{i}"))
         assert all("offset" not in f for f in observer.frames if f["event"] in PRESENCE_EVENTS)
         conn = socketio._connections[observer.wire.sid]
-        assert not any(b"presence_" in frame for frame in conn.log or ())
+        assert not any(b"presence_" in frame for _, frame in conn.log.frames or ())
+        assert not any(b"presence_" in entry.frame for entry in socketio.broadcasts.entries)
 
 
 async def test_oversized_meta_and_update_floods_get_error_frames(opened: Any) -> None:

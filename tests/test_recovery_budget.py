@@ -12,7 +12,7 @@ from conftest import running, until
 from wire import Wire
 
 from plainsocket import SocketServer, join_room, request, rooms
-from plainsocket.connection import FRAME_COST, KEPT_SESSION_COST, Connection
+from plainsocket.connection import KEPT_SESSION_COST, Connection
 
 
 def resume_url(base: str, wire: Wire) -> str:
@@ -53,16 +53,26 @@ async def test_the_budget_ends_the_oldest_kept_sessions_first(opened: Any) -> No
         for client in clients:
             await dropped(socketio, client)
         await until(lambda: socketio.recoverable == 3)
-        assert sorted(socketio._kept_sessions) == sorted(c.sid for c in clients[2:]), "the two oldest went first"
-        assert socketio.kept_bytes == 3 * KEPT_SESSION_COST
+        kept = sorted(socketio.recovery.kept_sessions)
+        assert kept == sorted(c.sid for c in clients[2:]), "the two oldest went first"
+        assert socketio.recovery.kept_bytes == 3 * KEPT_SESSION_COST
         news = "x" * 3000
-        socketio.emit("news", news)  # recorded for every kept session: now they hold more
+        socketio.emit("news", news)  # kept once, in the broadcast log, which counts too
         await until(lambda: socketio.recoverable == 1)
-        assert list(socketio._kept_sessions) == [clients[-1].sid], "the newest is the one left"
-        frame_cost = len(socketio._kept_sessions[clients[-1].sid].log[0]) + FRAME_COST
-        assert socketio.kept_bytes == KEPT_SESSION_COST + frame_cost <= budget
+        assert list(socketio.recovery.kept_sessions) == [clients[-1].sid], "the newest is the one left"
+        log = socketio.broadcasts
+        assert len(log.entries) == 1 and log.cost > len(news)
+        assert socketio.recovery.kept_bytes == KEPT_SESSION_COST, "a kept session does not count the shared frame"
         report = socketio.health()["recovery"]
-        assert report == {"sessions": 1, "bytes": socketio.kept_bytes, "max_bytes": budget, "evicted": 4}
+        held = socketio.recovery.kept_bytes + log.cost
+        assert report == {
+            "sessions": 1,
+            "bytes": held,
+            "max_bytes": budget,
+            "evicted": 4,
+            "log": {"events": 1, "bytes": log.cost, "max_events": 10_000, "max_bytes": budget // 2, "evicted": 0},
+        }
+        assert held <= budget
 
         for old in clients[:-1]:
             again = await opened(resume_url(url, old))
@@ -70,7 +80,7 @@ async def test_the_budget_ends_the_oldest_kept_sessions_first(opened: Any) -> No
         newest = await opened(resume_url(url, clients[-1]))
         assert newest.hello["data"]["recovered"] is True and newest.sid == clients[-1].sid
         assert (await newest.expect("news", "/"))["data"] == news
-        assert socketio.kept_bytes == 0 and socketio._kept_sessions == {}
+        assert socketio.recovery.kept_bytes == 0 and socketio.recovery.kept_sessions == {}
 
 
 async def test_one_session_larger_than_the_budget_is_not_kept(opened: Any) -> None:
@@ -81,8 +91,8 @@ async def test_one_session_larger_than_the_budget_is_not_kept(opened: Any) -> No
         socketio.emit("big", "y" * 5000, to=client.sid)
         await client.expect("big", "/")
         client.abort()
-        await until(lambda: socketio.recovery_evicted == 1 and client.sid not in socketio._connections)
-        assert socketio.recoverable == 0 and socketio.kept_bytes == 0
+        await until(lambda: socketio.recovery.evicted == 1 and client.sid not in socketio._connections)
+        assert socketio.recoverable == 0 and socketio.recovery.kept_bytes == 0
         again = await opened(resume_url(url, client))
         assert again.hello["data"]["recovered"] is False
 
@@ -102,6 +112,6 @@ async def test_the_budget_waits_for_the_drops_disconnect_handlers(opened: Any) -
         client = await opened(url)
         await client.call("join", "lobby")
         client.abort()
-        await until(lambda: socketio.recovery_evicted == 1)
+        await until(lambda: socketio.recovery.evicted == 1)
         assert seen == [("transport close", {client.sid, "lobby"})]
-        assert socketio.recoverable == 0 and socketio.kept_bytes == 0
+        assert socketio.recoverable == 0 and socketio.recovery.kept_bytes == 0

@@ -238,7 +238,7 @@ async def test_a_drain_keeps_every_session_whatever_the_memory_budget(redis_serv
             hello = await client.resume(url_b, opened)
             assert hello["data"]["recovered"] is True
         await stopping
-        assert a.recovery_evicted == 0
+        assert a.recovery.evicted == 0
 
 
 async def test_the_drain_waits_only_for_the_clients_it_closed(redis_server: Any, opened: Any) -> None:
