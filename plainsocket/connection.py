@@ -36,9 +36,10 @@ RATE_LIMITED = "rate limited"
 TOO_MANY_CONNECTIONS = "too many connections"
 
 
-# What a kept session costs besides its frames (its Connection, registry entries, token),
-# measured with tracemalloc.
-KEPT_SESSION_COST = 2048
+# What a kept session costs besides its frames (its Connection, registry entries, token, room
+# history): tracemalloc sees about 2.6 KiB, RSS grows by about 4.8 KiB per kept session in the
+# soak (the allocator's share). The budget is about memory, so it counts what RSS shows.
+KEPT_SESSION_COST = 4096
 SEEN_ID_COST = 75  # an int in a set and in a deque
 NO_IDS: frozenset[int] = frozenset()
 

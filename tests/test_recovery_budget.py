@@ -56,7 +56,7 @@ async def test_the_budget_ends_the_oldest_kept_sessions_first(opened: Any) -> No
         kept = sorted(socketio.recovery.kept_sessions)
         assert kept == sorted(c.sid for c in clients[2:]), "the two oldest went first"
         assert socketio.recovery.kept_bytes == 3 * KEPT_SESSION_COST
-        news = "x" * 3000
+        news = "x" * (KEPT_SESSION_COST + 1500)  # with the log entry's overhead: two sessions' worth
         socketio.emit("news", news)  # kept once, in the broadcast log, which counts too
         await until(lambda: socketio.recoverable == 1)
         assert list(socketio.recovery.kept_sessions) == [clients[-1].sid], "the newest is the one left"
