@@ -141,7 +141,7 @@ class Connection:
         self.held = 0  # bytes in hold (reset with it)
         self.unflushed = 0  # bytes framed in the protocol since the last flush
         self.close_reason: str | None = None
-        self.written = 0  # bytes handed to the transport, for the slow-consumer watchdog
+        self.written = 0  # bytes of frames handed to the transport: the slow-consumer watchdog, metrics
         self.progress = 0
         self.stalled_since: float | None = None
         # Connection state recovery (docs/protocol.md): what was sent, kept for a resume.
@@ -273,9 +273,6 @@ class Connection:
         chunks = ws.protocol.data_to_send()
         if not chunks:
             return
-        metrics = self.server._metrics
-        if metrics is not None:
-            metrics.bytes_out += len(chunks[0]) if len(chunks) == 1 else sum(map(len, chunks))
         transport = ws.transport
         try:
             if all(chunks):

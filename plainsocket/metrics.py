@@ -202,6 +202,7 @@ class LiveStats:
     pending_acks: int
     backplane: BackplaneStats | None
     received_frames: int = 0  # by the live connections' sockets (closed ones are in the counter)
+    sent_bytes: int = 0  # to them, likewise
 
 
 # -- The counters of one process --------------------------------------------------------------
@@ -331,7 +332,9 @@ class ServerMetrics:
                 self.sent,
             ),
             Family(p + "received_bytes_total", "counter", "Bytes received on client sockets").add(self.bytes_in),
-            Family(p + "sent_bytes_total", "counter", "Bytes of frames written to client sockets").add(self.bytes_out),
+            Family(p + "sent_bytes_total", "counter", "Bytes of frames written to client sockets").add(
+                self.bytes_out + live.sent_bytes
+            ),
             _by(
                 Family(p + "acks_total", "counter", "Acknowledgements the server asked clients for, by result"),
                 "result",

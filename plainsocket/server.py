@@ -1429,7 +1429,8 @@ class SocketServer:
             send_buffer_bytes=sum(buffered),
             send_buffer_max_bytes=max(buffered, default=0),
             pending_acks=sum(len(conn.pending) for conn in self._connections.values()),
-            received_frames=sum(conn.frames_in for conn in self._connections.values()),
+            received_frames=sum(conn.frames_in for conn in live),
+            sent_bytes=sum(conn.written for conn in live),
             backplane=backplane,
         )
 
@@ -1478,7 +1479,7 @@ class SocketServer:
                 events_in=sum(metrics.received.values()),
                 frames_out=sum(metrics.sent.values()),
                 bytes_in=metrics.bytes_in,
-                bytes_out=metrics.bytes_out,
+                bytes_out=metrics.bytes_out + live.sent_bytes,
                 closed=dict(metrics.closed),
                 refused=dict(metrics.refused),
                 handler_errors=sum(metrics.handler_errors.values()),
@@ -1605,8 +1606,8 @@ class SocketServer:
                 del self._per_address[address]
             if self._metrics is not None:
                 self._metrics.connection_closed((conn.ws is ws and conn.close_reason) or close_reason(ws))
-                self._metrics.received_frames += conn.frames_in
-            conn.frames_in = 0  # the session may resume on another socket
+            if conn.ws is ws:  # else a newer socket took the session over, with the counts
+                self._count_closed_socket(conn)
             # Else a newer socket took the session over, or it moved to another node.
             if conn.ws is ws and not conn.detached and self._connections.get(conn.sid) is conn:
                 reason = conn.close_reason or close_reason(ws)
@@ -1614,6 +1615,17 @@ class SocketServer:
                     self.recovery.drop(conn, reason)
                 else:
                     await self._end(conn, reason)
+
+    def _count_closed_socket(self, conn: Connection) -> None:
+        """Move what a socket counted on its connection into the metrics' counters.
+
+        Counted on the connection (slots), not by metrics hooks per frame; the live
+        connections' counts are added at scrape time (live_stats).
+        """
+        if self._metrics is not None:
+            self._metrics.received_frames += conn.frames_in
+            self._metrics.bytes_out += conn.written
+        conn.frames_in = 0  # the session may resume on another socket (which resets written)
 
     def _over_connection_limit(self, conn: Connection) -> bool:
         if self._per_address.get(conn.address, 0) >= self.max_connections_per_address:

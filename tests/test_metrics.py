@@ -129,6 +129,9 @@ async def test_counts_what_happens() -> None:
         assert value(families, "plainsocket_broadcast_duration_seconds_count") == 1
         assert value(families, "plainsocket_received_bytes_total") > 100
         assert value(families, "plainsocket_sent_bytes_total") > 100
+        frames_before = value(families, "plainsocket_received_frames_total")
+        sent_before = value(families, "plainsocket_sent_bytes_total")
+        assert frames_before >= 5
         assert value(families, "process_resident_memory_bytes") > 1e6
         assert families["plainsocket_connections_closed"].type == "counter"
         assert families["plainsocket_handler_duration_seconds"].type == "histogram"
@@ -141,6 +144,9 @@ async def test_counts_what_happens() -> None:
             await asyncio.sleep(0.02)
         assert value(families, "plainsocket_connections") == 1
         assert value(families, "plainsocket_connections_closed_total", reason="client") == 1
+        # Counted on each connection, moved into the counters when its socket closes: no drop.
+        assert value(families, "plainsocket_received_frames_total") >= frames_before
+        assert value(families, "plainsocket_sent_bytes_total") >= sent_before
         await a.ws.close()
 
 
