@@ -54,6 +54,7 @@ ACK_RESULTS = ("ok", "timeout", "disconnected")
 RESUME_RESULTS = ("resumed", "failed")
 
 HANDLER_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+FIRST_HANDLER_BOUND = HANDLER_BUCKETS[0]  # most handlers end within it: the server tests it first
 BROADCAST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LOOP_TICK = 0.5  # seconds between event-loop lag probes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from typing import Any
 
@@ -148,6 +149,77 @@ async def test_counts_what_happens() -> None:
         assert value(families, "plainsocket_received_frames_total") >= frames_before
         assert value(families, "plainsocket_sent_bytes_total") >= sent_before
         await a.ws.close()
+
+
+def buckets(families: dict[str, Any], name: str, namespace: str) -> dict[str, float]:
+    """The cumulative bucket counts of histogram ``name`` for ``namespace``, by their ``le``."""
+    return {
+        sample.labels["le"]: sample.value
+        for sample in families[name].samples
+        if sample.name == name + "_bucket" and sample.labels.get("namespace") == namespace
+    }
+
+
+async def test_handler_time_is_the_handlers_own() -> None:
+    """A slow handler lands in its bucket; a frame queued behind an async one is timed from its start."""
+    socketio = SocketServer(metrics=True)
+
+    @socketio.on("slow", namespace="/slow")
+    def slow(_: Any) -> str:
+        deadline = time.perf_counter() + 0.03
+        while time.perf_counter() < deadline:  # busy: the loop's own 30 ms
+            pass
+        return "done"
+
+    @socketio.on("wait", namespace="/queue")
+    async def wait(_: Any) -> str:
+        await asyncio.sleep(0.3)
+        return "waited"
+
+    @socketio.on("quick", namespace="/queue")
+    def quick(_: Any) -> str:
+        return "quick"
+
+    async with running(socketio) as url:
+        client = await Wire.open(url)
+        await client.join("/slow")
+        await client.join("/queue")
+        assert (await client.call("slow", None, "/slow"))["data"] == "done"
+        await client.send("wait", None, "/queue", id=2)
+        await client.send("quick", None, "/queue", id=3)  # waits 0.3 s behind "wait"
+        replies = [await client.expect("ack", "/queue"), await client.expect("ack", "/queue")]
+        assert [reply["data"] for reply in replies] == ["waited", "quick"]
+        families = parse(await fetch(f"http://127.0.0.1:{socketio.port}/metrics"))
+        name = "plainsocket_handler_duration_seconds"
+        slow_buckets = buckets(families, name, "/slow")
+        assert slow_buckets["0.025"] == 0 and slow_buckets["+Inf"] == 1
+        assert value(families, name + "_sum", namespace="/slow") >= 0.03
+        queue_buckets = buckets(families, name, "/queue")
+        assert queue_buckets["0.1"] == 1, queue_buckets  # "quick", not its 0.3 s in the queue
+        assert queue_buckets["0.25"] == 1 and queue_buckets["+Inf"] == 2
+
+
+async def test_an_event_with_an_error_handler_counts_once() -> None:
+    """The error handler's run is not a second event received."""
+    socketio = SocketServer(metrics=True)
+
+    @socketio.on("boom", namespace="/err")
+    def boom(_: Any) -> None:
+        raise RuntimeError("boom")
+
+    @socketio.on_error("/err")
+    def failed(exc: Exception) -> None:
+        emit("failed", str(exc))
+
+    async with running(socketio) as url:
+        client = await Wire.open(url)
+        await client.join("/err")
+        assert (await client.call("boom", None, "/err"))["data"]["code"] == "handler_error"
+        assert (await client.expect("failed", "/err"))["data"] == "boom"
+        families = parse(await fetch(f"http://127.0.0.1:{socketio.port}/metrics"))
+        assert value(families, "plainsocket_events_received_total", namespace="/err") == 1
+        assert value(families, "plainsocket_handler_duration_seconds_count", namespace="/err") == 1
+        assert value(families, "plainsocket_handler_errors_total", namespace="/err") == 1
 
 
 async def test_acks_by_result() -> None:
