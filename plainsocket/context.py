@@ -21,7 +21,7 @@ from .protocol import Envelope
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .metrics import ServerMetrics
+    from .metrics import NamespaceMetrics, ServerMetrics
 
 
 class HandlerHost(Protocol):
@@ -68,6 +68,7 @@ class Context(NamedTuple):
     namespace: str
     recovered: bool = False  # a connect handler run on a resume of a kept session
     envelope: Envelope | None = None  # the frame being handled, if any
+    metrics: NamespaceMetrics | None = None  # the namespace's, while metrics are on
 
 
 logger = logging.getLogger("plainsocket")
@@ -201,12 +202,11 @@ def emit(
             server._on_loop(lambda: conn.send(server.frame(event, data, namespace)))
             return
         conn.send(server.frame(event, data, namespace))
-        metrics = server._metrics
-        if metrics is not None:
-            try:  # metrics.frames_sent inlined: this runs for every reply
-                metrics.sent[namespace] += 1
-            except KeyError:
-                metrics.frames_sent(namespace, 1)
+        counted = context.metrics
+        if counted is not None and namespace == context.namespace:
+            counted.sent += 1  # the usual reply: an attribute, no lookup
+        elif server._metrics is not None:
+            server._metrics.frames_sent(namespace, 1)
         return
     if not include_self:
         skip_sid = _with(skip_sid, context.conn.sid)

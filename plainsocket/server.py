@@ -1853,9 +1853,15 @@ class SocketServer:
         which spares a clock read per event. A frame queued behind an async handler waited
         since then, so its time starts here.
         """
-        token = current.set(_new_context(Context, (self, conn, namespace, recovered, envelope)))
         metrics = self._metrics
-        if metrics is None or envelope is None or not timed:  # events only are timed, not connects
+        counted = None
+        if metrics is not None:
+            try:
+                counted = metrics.namespaces[namespace]
+            except KeyError:
+                counted = metrics.namespace(namespace)
+        token = current.set(_new_context(Context, (self, conn, namespace, recovered, envelope, counted)))
+        if counted is None or envelope is None or not timed:  # events only are timed, not connects
             try:
                 return handler.fn(*args[: handler.arity])
             finally:
@@ -1866,18 +1872,14 @@ class SocketServer:
         finally:
             current.reset(token)
             elapsed = monotonic() - started
-            # metrics.event_handled inlined, for every event: most are faster than the first
+            # Histogram.observe inlined, for every event: most are faster than the first
             # bucket's bound, which spares the search too.
-            try:
-                histogram = metrics.handler_seconds[namespace]
-            except KeyError:
-                metrics.event_handled(namespace, elapsed)
+            histogram = counted.handler
+            if elapsed <= FIRST_HANDLER_BOUND:
+                histogram.counts[0] += 1
             else:
-                if elapsed <= FIRST_HANDLER_BOUND:
-                    histogram.counts[0] += 1
-                else:
-                    histogram.counts[bisect_left(histogram.bounds, elapsed)] += 1
-                histogram.sum += elapsed
+                histogram.counts[bisect_left(histogram.bounds, elapsed)] += 1
+            histogram.sum += elapsed
 
     async def _run_async(
         self,
@@ -1890,15 +1892,16 @@ class SocketServer:
         timed: bool = True,
     ) -> Any:
         """Await an async handler; the context is set in the task that runs it."""
-        token = current.set(_new_context(Context, (self, conn, namespace, recovered, envelope)))
-        metrics = self._metrics if envelope is not None and timed else None  # events only, not connects
-        started = monotonic() if metrics is not None else 0.0
+        counted = self._metrics.namespace(namespace) if self._metrics is not None else None
+        token = current.set(_new_context(Context, (self, conn, namespace, recovered, envelope, counted)))
+        timing = counted is not None and envelope is not None and timed  # events only, not connects
+        started = monotonic() if timing else 0.0
         try:
             return await handler.fn(*args[: handler.arity])
         finally:
             current.reset(token)
-            if metrics is not None:
-                metrics.event_handled(namespace, monotonic() - started)
+            if timing:
+                counted.handler.observe(monotonic() - started)  # type: ignore[union-attr]
 
     def _seen_before(self, conn: Connection, id: int) -> bool:
         """Record a client frame id; tell whether to drop the frame as a re-send after a resume."""
