@@ -914,7 +914,7 @@ class SocketServer:
             if namespace is None or conn.namespaces == {namespace}:
                 self.recovery.forget(conn, SERVER_DISCONNECT)
             elif namespace in conn.namespaces:
-                self._forget_kept_namespace(conn, namespace)
+                self._forget_namespace(conn, namespace)
             return
         if namespace is None:
             self.recovery.forget_token(conn)  # a kicked client must not resume its session
@@ -2045,12 +2045,14 @@ class SocketServer:
         """Apply a client's connect or disconnect that reached a dropped session: no handler runs."""
         namespace = envelope.namespace
         if envelope.event == DISCONNECT:
-            self._forget_kept_namespace(conn, namespace)
+            self._forget_namespace(conn, namespace)
         elif namespace not in conn.namespaces:
             message = "the connection dropped before the namespace was joined"
             conn.send(self.frame(CONNECT_ERROR, {"message": message}, namespace))
 
-    def _forget_kept_namespace(self, conn: Connection, namespace: str) -> None:
+    def _forget_namespace(self, conn: Connection, namespace: str) -> None:
+        """Take ``conn`` out of ``namespace`` everywhere, with no handler run: its own state,
+        both registries and presence."""
         conn.namespaces.discard(namespace)
         conn.sessions.pop(namespace, None)
         if conn.auth is not None:
@@ -2063,13 +2065,7 @@ class SocketServer:
         """Take ``conn`` out of ``namespace`` after its connect handler refused it."""
         if self._metrics is not None:
             self._metrics.connection_refused("connect_handler")
-        self.kept_registry.disconnect(namespace, conn.sid)  # it may have dropped meanwhile
-        self.registry.disconnect(namespace, conn.sid)
-        self.presence.left_namespace(namespace, conn.sid)
-        conn.namespaces.discard(namespace)
-        conn.sessions.pop(namespace, None)
-        if conn.auth is not None:
-            conn.auth.pop(namespace, None)
+        self._forget_namespace(conn, namespace)  # in the kept registry too: it may have dropped meanwhile
         conn.send(self.frame(CONNECT_ERROR, {"message": refusal}, namespace))
 
     async def _reconnect_namespaces(self, conn: Connection) -> None:
