@@ -3,6 +3,7 @@
 Usage (from the repository root)::
 
     python bench/metrics_overhead.py --loadgen       # throughput: 8 pairs per scenario (~2 minutes)
+    python bench/metrics_overhead.py --loadgen --control  # the same, metrics off in both: the noise floor
     python bench/metrics_overhead.py --instructions  # instructions per echo and per delivery (valgrind)
     python bench/metrics_overhead.py                 # the server's own work, timed in one process
     python bench/metrics_overhead.py --quick ...     # fewer trials or pairs (a smoke run)
@@ -15,6 +16,10 @@ The cost is the median over the pairs of each pair's throughput ratio: paired me
 hold on a shared machine, where separate runs drift by tens of percent. The target is under
 3 %.
 
+``--loadgen --control``: the same with metrics off in both servers. Whatever "cost" it
+shows is the noise floor of the pairs: on a 2-core machine shared with the load generator,
+two identical servers have differed by 8 % in the median of 8 pairs.
+
 ``--instructions``: ``server.py`` runs under valgrind's callgrind, which counts the
 instructions the process executes (the kernel's share of a write is not counted), with and
 without ``--metrics``, for a fixed number of echoes and of broadcasts (real clients over
@@ -23,10 +28,11 @@ took: the difference is the work per echo and per delivery. What runs per second
 (keepalive pings, the loop-lag probe) cancels out; under valgrind a second holds some 50
 times fewer echoes than natively, so it would otherwise be charged 50 times over. A count does
 not depend on what else the machine runs, so it shows a cost of 1 % that throughput on a
-shared machine can not. One thing it overstates: under valgrind an echo's handler takes 1 to
-2.5 ms instead of some 20 µs, past the handler histogram's first bucket, so the bucket search
-runs, which natively the first bucket's test spares (about 900 instructions per echo, counted
-by calling the server's handler path in a loop). Needs ``valgrind`` (Debian package).
+shared machine can not. One thing it overstates: under valgrind an echo's handler time is 1
+to 2.5 ms instead of some microseconds, past the handler histogram's first bucket (0.5 ms),
+so the bucket search runs, which natively the first bucket's test spares. The same mode
+counts the server's handler path alone, called in a loop, both ways, and prints the echo's
+cost without that difference (about 850 instructions). Needs ``valgrind`` (Debian package).
 """
 
 from __future__ import annotations
@@ -78,9 +84,11 @@ class Scraper:
         self.thread.join(10)
 
 
-def measure(server: run.Server, loadgen: run.Loadgen, scenario: str, params: dict[str, float]) -> dict[str, float]:
+def measure(
+    server: run.Server, loadgen: run.Loadgen, scenario: str, params: dict[str, float], scrape: bool = True
+) -> dict[str, float]:
     """One measurement of ``scenario``; the metrics server is scraped every second meanwhile."""
-    if server.name == ON:
+    if server.name == ON and scrape:
         with Scraper(f"http://127.0.0.1:{server.port}/metrics") as scraper:
             result = loadgen.measure(server, scenario, params)
         if not scraper.scrapes:
@@ -357,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=None, help="--loadgen: measurement pairs per scenario (default 8)")
     parser.add_argument("--node", default="node")
     parser.add_argument("--instructions", action="store_true", help="count instructions under valgrind")
+    parser.add_argument(
+        "--control", action="store_true", help="--loadgen with metrics off in both servers: what the pairs resolve"
+    )
     parser.add_argument("--handler-loop", nargs=2, metavar=("MODE", "CALLS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.handler_loop:
@@ -398,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             servers = {
                 name: stack.enter_context(run.running(run.Server(name, argv, server_cpus, run.RAW / f"{name}.log")))
-                for name, argv in ((OFF, base), (ON, [*base, "--metrics"]))
+                for name, argv in ((OFF, base), (ON, base if args.control else [*base, "--metrics"]))
             }
             for server in servers.values():
                 check = loadgen.run(server, "check", {})
@@ -409,13 +420,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             for scenario, params in scenarios.items():
                 for n in range(pairs):
                     order = (OFF, ON) if n % 2 == 0 else (ON, OFF)
-                    got = {name: measure(servers[name], loadgen, scenario, params) for name in order}
+                    got = {name: measure(servers[name], loadgen, scenario, params, not args.control) for name in order}
                     rows[scenario].append((got[OFF], got[ON]))
                     print(f"{scenario} pair {n + 1}/{pairs}: off {got[OFF]} on {got[ON]}", file=sys.stderr, flush=True)
     except run.BenchError as err:
         print(f"metrics_overhead.py: {err}", file=sys.stderr)
         return 2
-    print(f"| median of {pairs} pairs ({time.strftime('%Y-%m-%d')}) | metrics off | metrics on | cost |")
+    second = "metrics off too (control)" if args.control else "metrics on"
+    print(f"| median of {pairs} pairs ({time.strftime('%Y-%m-%d')}) | metrics off | {second} | cost |")
     print("|---|---:|---:|---:|")
     worst = 0.0
     for scenario, unit in (("echo", "responses/s"), ("fanout", "deliveries/s")):
@@ -429,7 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_us = statistics.median(b["us"] for _, b in pairs_of)
         cpu_cost = 100 * (statistics.median(b["us"] / a["us"] for a, b in pairs_of) - 1)
         print(f"| {scenario}: server CPU µs per message | {off_us:.2f} | {on_us:.2f} | {cpu_cost:+.1f} % |")
-    print(f"\nthroughput cost: worst median of pairs {worst:.1f} % (target < {TARGET:g} %)")
+    if args.control:
+        print("\ncontrol: both servers run without metrics; any cost above is the pairs' noise")
+    else:
+        print(f"\nthroughput cost: worst median of pairs {worst:.1f} % (target < {TARGET:g} %)")
     return 0
 
 
