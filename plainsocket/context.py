@@ -199,7 +199,7 @@ def emit(
             return
         if get_ident() != server._loop_thread:  # a handler's work in asyncio.to_thread
             server.frame(event, data, namespace)  # validate in the caller
-            server._on_loop(lambda: conn.send(server.frame(event, data, namespace)))
+            server._on_loop(lambda: _send_counted(server, conn, server.frame(event, data, namespace), namespace))
             return
         conn.send(server.frame(event, data, namespace))
         counted = context.metrics
@@ -246,6 +246,13 @@ def disconnect(sid: str | None = None, namespace: str | None = None) -> None:
     """Disconnect the current client (or ``sid``) from the current namespace."""
     context = _context()
     context.server.disconnect(sid or context.conn.sid, namespace=namespace or context.namespace)
+
+
+def _send_counted(server: HandlerHost, conn: Connection, frame: bytes, namespace: str) -> None:
+    """Send ``frame`` to ``conn`` and count it, on the loop (an emit from a handler's thread)."""
+    conn.send(frame)
+    if server._metrics is not None:
+        server._metrics.frames_sent(namespace, 1)
 
 
 def _with(skip_sid: str | list[str] | None, sid: str) -> list[str]:

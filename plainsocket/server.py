@@ -1660,13 +1660,13 @@ class SocketServer:
                 future.set_exception(ClientDisconnectedError(conn.sid))
         conn.pending.clear()
 
-    def _admit(self, conn: Connection, text: str | None = None) -> bool:
+    def _admit(self, conn: Connection, namespace: str = DEFAULT_NAMESPACE, id: int | None = None) -> bool:
         """Apply the per-connection token bucket; refuse (and eventually close) a flood.
 
-        A refused text frame is answered with its own ``id`` and namespace, so that the call
-        waiting for it fails at once (at most ``rate_burst`` such decodes before the close).
+        A refused frame is answered with its own ``id`` and namespace, so that the call waiting
+        for it fails at once (at most ``rate_burst`` such answers before the close).
         """
-        now = time.monotonic()
+        now = monotonic()  # the clock _run reads at a handler's end
         tokens = min(self.rate_burst, conn.tokens + (now - conn.stamp) * self.rate_limit)
         conn.stamp = now
         if tokens >= 1.0:
@@ -1678,13 +1678,6 @@ class SocketServer:
         if conn.refused > self.rate_burst:
             conn.close(CloseCode.POLICY_VIOLATION, "rate limit exceeded", RATE_LIMITED)
         else:
-            namespace, id = DEFAULT_NAMESPACE, None
-            if text is not None:
-                try:
-                    refused = decode(text, max_depth=self.max_depth, max_event_length=self.max_event_length)
-                    namespace, id = refused.namespace, refused.id
-                except ProtocolError as exc:
-                    namespace, id = exc.namespace, exc.id
             message = f"more than {self.rate_limit:g} frames per second"
             conn.send(self._error("rate_limited", message, namespace, id))
         return False
@@ -1711,12 +1704,18 @@ class SocketServer:
     def _on_text(self, conn: Connection, text: str) -> None:
         # Counted on the connection (a slot), summed at scrape: cheaper than a metrics hook.
         conn.frames_in += 1
-        if conn.close_reason is not None or not self._admit(conn, text):
+        if conn.close_reason is not None:
             return  # closing: what the client still sends is not handled
+        # Decoded before the rate limiter, whose answer to a refused frame needs its id and
+        # namespace anyway: its clock read then marks the end of decoding, where a sync
+        # handler's time starts (see _run).
         try:
             envelope = decode(text, max_depth=self.max_depth, max_event_length=self.max_event_length)
         except ProtocolError as exc:
-            conn.send(self._error(exc.code, exc.message, exc.namespace, exc.id))
+            if self._admit(conn, exc.namespace, exc.id):
+                conn.send(self._error(exc.code, exc.message, exc.namespace, exc.id))
+            return
+        if not self._admit(conn, envelope.namespace, envelope.id):
             return
         event = envelope.event
         if event == ACK:
@@ -1849,9 +1848,9 @@ class SocketServer:
         """Call a sync handler with the context helpers bound to ``conn`` and ``namespace``.
 
         With metrics on, an event's handler (``envelope`` given, ``timed``) is timed from the
-        frame's admission: the rate limiter read the clock moments ago, before decoding it,
-        which spares a clock read per event. A frame queued behind an async handler waited
-        since then, so its time starts here.
+        frame's admission: the rate limiter read the clock moments ago, once the frame was
+        decoded, which spares a clock read per event. A frame queued behind an async handler
+        waited since then, so its time starts here.
         """
         metrics = self._metrics
         counted = None
@@ -1867,19 +1866,22 @@ class SocketServer:
             finally:
                 current.reset(token)
         started = conn.stamp if conn.backlog is None else monotonic()
+        result = None
         try:
-            return handler.fn(*args[: handler.arity])
+            result = handler.fn(*args[: handler.arity])
+            return result
         finally:
             current.reset(token)
-            elapsed = monotonic() - started
-            # Histogram.observe inlined, for every event: most are faster than the first
-            # bucket's bound, which spares the search too.
-            histogram = counted.handler
-            if elapsed <= FIRST_HANDLER_BOUND:
-                histogram.counts[0] += 1
-            else:
-                histogram.counts[bisect_left(histogram.bounds, elapsed)] += 1
-            histogram.sum += elapsed
+            if type(result) is not CoroutineType:  # else _finish_async times the coroutine
+                elapsed = monotonic() - started
+                # Histogram.observe inlined, for every event: most are faster than the first
+                # bucket's bound, which spares the search too.
+                histogram = counted.handler
+                if elapsed <= FIRST_HANDLER_BOUND:
+                    histogram.counts[0] += 1
+                else:
+                    histogram.counts[bisect_left(histogram.bounds, elapsed)] += 1
+                histogram.sum += elapsed
 
     async def _run_async(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import urllib.request
 from typing import Any
@@ -197,6 +198,68 @@ async def test_handler_time_is_the_handlers_own() -> None:
         queue_buckets = buckets(families, name, "/queue")
         assert queue_buckets["0.1"] == 1, queue_buckets  # "quick", not its 0.3 s in the queue
         assert queue_buckets["0.25"] == 1 and queue_buckets["+Inf"] == 2
+
+
+async def test_decoding_a_big_frame_is_not_handler_time() -> None:
+    """A frame that takes tens of milliseconds to decode, for a handler that does nothing."""
+    socketio = SocketServer(metrics=True)
+
+    @socketio.on("big", namespace="/big")
+    def big(data: Any) -> int:
+        return len(data)
+
+    async with running(socketio) as url:
+        client = await Wire.open(url)
+        await client.join("/big")
+        items = [{"k": n, "v": "x"} for n in range(30_000)]  # 600 kB of brackets: json's strict parser
+        started = time.perf_counter()
+        assert (await client.call("big", items, "/big"))["data"] == 30_000
+        assert time.perf_counter() - started > 0.025  # the decoding took that long at least
+        families = parse(await fetch(f"http://127.0.0.1:{socketio.port}/metrics"))
+        assert buckets(families, "plainsocket_handler_duration_seconds", "/big")["0.025"] == 1
+
+
+async def test_wrapped_async_handler_counts_once_with_its_await() -> None:
+    """An async handler behind a plain decorator (functools.wraps) is one event, timed to its end."""
+    socketio = SocketServer(metrics=True)
+
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            return fn(*args)  # a coroutine, which the server awaits
+
+        return wrapper
+
+    @socketio.on("nap", namespace="/nap")
+    @logged
+    async def nap(_: Any) -> str:
+        await asyncio.sleep(0.05)
+        return "rested"
+
+    async with running(socketio) as url:
+        client = await Wire.open(url)
+        await client.join("/nap")
+        assert (await client.call("nap", None, "/nap"))["data"] == "rested"
+        families = parse(await fetch(f"http://127.0.0.1:{socketio.port}/metrics"))
+        assert value(families, "plainsocket_events_received_total", namespace="/nap") == 1
+        nap_buckets = buckets(families, "plainsocket_handler_duration_seconds", "/nap")
+        assert nap_buckets["0.025"] == 0 and nap_buckets["+Inf"] == 1
+
+
+async def test_an_emit_from_a_handlers_thread_is_counted() -> None:
+    socketio = SocketServer(metrics=True)
+
+    @socketio.on("work", namespace="/work")
+    async def work(_: Any) -> None:
+        await asyncio.to_thread(emit, "done", "in a thread")
+
+    async with running(socketio) as url:
+        client = await Wire.open(url)
+        await client.join("/work")
+        await client.send("work", None, "/work")
+        assert (await client.expect("done", "/work"))["data"] == "in a thread"
+        families = parse(await fetch(f"http://127.0.0.1:{socketio.port}/metrics"))
+        assert value(families, "plainsocket_frames_sent_total", namespace="/work") == 1
 
 
 async def test_an_event_with_an_error_handler_counts_once() -> None:
