@@ -176,7 +176,9 @@ def _make_handler(fn: Callable[..., Any], concurrent: bool = False) -> _Handler:
             break
         if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
             positional += 1
-    return _Handler(fn, inspect.iscoroutinefunction(fn), positional, concurrent)
+    # A plain decorator (functools.wraps) around an async function returns its coroutine.
+    is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(inspect.unwrap(fn))
+    return _Handler(fn, is_async, positional, concurrent)
 
 
 class Namespace:
@@ -1811,17 +1813,18 @@ class SocketServer:
             self._handler_failed(conn, envelope, exc)
             return None
         if type(result) is CoroutineType:
-            # An async handler behind a plain decorator (functools.wraps): finish it as one.
-            return self._finish_async(conn, envelope, _Handler(lambda *_: result, True, 0), ())
+            # An async handler behind a decorator that hid it (no __wrapped__): finish it as
+            # one. Its event was counted, and timed to the coroutine's creation, just now.
+            return self._finish_async(conn, envelope, _Handler(lambda *_: result, True, 0), (), timed=False)
         if envelope.id is not None:
             self._ack(conn, envelope, result)
         return None
 
     async def _finish_async(
-        self, conn: Connection, envelope: Envelope, handler: _Handler, args: tuple[Any, ...]
+        self, conn: Connection, envelope: Envelope, handler: _Handler, args: tuple[Any, ...], timed: bool = True
     ) -> None:
         try:
-            result = await self._run_async(conn, envelope.namespace, handler, args, envelope=envelope)
+            result = await self._run_async(conn, envelope.namespace, handler, args, envelope=envelope, timed=timed)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -1866,22 +1869,19 @@ class SocketServer:
             finally:
                 current.reset(token)
         started = conn.stamp if conn.backlog is None else monotonic()
-        result = None
         try:
-            result = handler.fn(*args[: handler.arity])
-            return result
+            return handler.fn(*args[: handler.arity])
         finally:
             current.reset(token)
-            if type(result) is not CoroutineType:  # else _finish_async times the coroutine
-                elapsed = monotonic() - started
-                # Histogram.observe inlined, for every event: most are faster than the first
-                # bucket's bound, which spares the search too.
-                histogram = counted.handler
-                if elapsed <= FIRST_HANDLER_BOUND:
-                    histogram.counts[0] += 1
-                else:
-                    histogram.counts[bisect_left(histogram.bounds, elapsed)] += 1
-                histogram.sum += elapsed
+            elapsed = monotonic() - started
+            # Histogram.observe inlined, for every event: most are faster than the first
+            # bucket's bound, which spares the search too.
+            histogram = counted.handler
+            if elapsed <= FIRST_HANDLER_BOUND:
+                histogram.counts[0] += 1
+            else:
+                histogram.counts[bisect_left(histogram.bounds, elapsed)] += 1
+            histogram.sum += elapsed
 
     async def _run_async(
         self,

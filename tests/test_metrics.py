@@ -220,7 +220,7 @@ async def test_decoding_a_big_frame_is_not_handler_time() -> None:
 
 
 async def test_wrapped_async_handler_counts_once_with_its_await() -> None:
-    """An async handler behind a plain decorator (functools.wraps) is one event, timed to its end."""
+    """An async handler behind a decorator, with functools.wraps or without, is one event."""
     socketio = SocketServer(metrics=True)
 
     def logged(fn: Any) -> Any:
@@ -230,18 +230,29 @@ async def test_wrapped_async_handler_counts_once_with_its_await() -> None:
 
         return wrapper
 
+    def hidden(fn: Any) -> Any:
+        return lambda *args: fn(*args)  # no __wrapped__: the server finds the coroutine when called
+
     @socketio.on("nap", namespace="/nap")
     @logged
     async def nap(_: Any) -> str:
         await asyncio.sleep(0.05)
         return "rested"
 
+    @socketio.on("nap", namespace="/hidden")
+    @hidden
+    async def hidden_nap(_: Any) -> str:
+        await asyncio.sleep(0.05)
+        return "rested"
+
     async with running(socketio) as url:
         client = await Wire.open(url)
-        await client.join("/nap")
-        assert (await client.call("nap", None, "/nap"))["data"] == "rested"
+        for namespace in ("/nap", "/hidden"):
+            await client.join(namespace)
+            assert (await client.call("nap", None, namespace))["data"] == "rested"
         families = parse(await fetch(f"http://127.0.0.1:{socketio.port}/metrics"))
-        assert value(families, "plainsocket_events_received_total", namespace="/nap") == 1
+        for namespace in ("/nap", "/hidden"):
+            assert value(families, "plainsocket_events_received_total", namespace=namespace) == 1
         nap_buckets = buckets(families, "plainsocket_handler_duration_seconds", "/nap")
         assert nap_buckets["0.025"] == 0 and nap_buckets["+Inf"] == 1
 
