@@ -202,6 +202,7 @@ class RedisBackplane:
         self.watched_until = 0.0
         self._cluster_watched = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = False
         self._lost_logged_at = 0.0
         self._lost_unlogged = 0
         # One immediate retry, no backoff: after a Redis restart each pooled connection is stale
@@ -241,6 +242,9 @@ class RedisBackplane:
         logger.info("node %s joined the cluster on %s", self.node, self.shown_url)
 
     async def stop(self) -> None:
+        # Checked by the heartbeat too: a cancellation lost inside a Redis call must not keep
+        # beating, which would keep this node alive in every other node's view.
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=2)  # never let a stuck Redis call stall shutdown
@@ -483,6 +487,8 @@ class RedisBackplane:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
+            if self._stopped:
+                return
             try:
                 await self._beat()
             except (redis.RedisError, OSError, TimeoutError) as exc:
@@ -529,7 +535,7 @@ class RedisBackplane:
 
     def _check_deaf(self) -> None:
         """Restart the subscription if our own pings stopped coming back (a deaf listener)."""
-        if self._ping_sent - self._ping_seen >= 2 and self._subscribed:
+        if self._ping_sent - self._ping_seen >= 2 and self._subscribed and not self._stopped:
             logger.error("not receiving our own pings from Redis: restarting the subscription")
             self._set_link(subscribed=False)
             self._ping_seen = self._ping_sent

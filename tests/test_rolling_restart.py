@@ -343,3 +343,29 @@ def _wait_for(lines: queue.Queue[str], text: str, timeout: float) -> bool:
                 return True
         except queue.Empty:
             return False
+
+
+async def test_a_stopped_node_stops_beating_even_when_a_cancellation_is_lost(redis_server: Any) -> None:
+    """A heartbeat whose cancellation a Redis call swallowed still ends with the node."""
+    a, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.2)
+    b, _ = make_app(message_queue=redis_server.url, heartbeat_interval=0.2)
+    async with running(a), running(b):
+        await until(lambda: len(b.backplane.alive_nodes()) == 2)
+        backplane = a.backplane
+        beat, in_beat = backplane._beat, asyncio.Event()
+
+        async def beat_that_loses_a_cancellation() -> None:
+            backplane._beat = beat  # once: the next beats are the real ones
+            await beat()
+            in_beat.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                pass  # what a library that swallows a cancellation does: the loop goes on
+
+        backplane._beat = beat_that_loses_a_cancellation
+        await in_beat.wait()
+        heartbeat = backplane._tasks[2]
+        await a.shutdown()
+        assert heartbeat.done()  # it would beat on, and keep the node alive, without the check
+        await until(lambda: len(b.backplane.alive_nodes()) == 1)
