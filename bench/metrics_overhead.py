@@ -28,8 +28,8 @@ took: the difference is the work per echo and per delivery. What runs per second
 (keepalive pings, the loop-lag probe) cancels out; under valgrind a second holds some 50
 times fewer echoes than natively, so it would otherwise be charged 50 times over. A count does
 not depend on what else the machine runs, so it shows a cost of 1 % that throughput on a
-shared machine can not. One thing it overstates: under valgrind an echo's handler time is 1
-to 2.5 ms instead of some microseconds, past the handler histogram's first bucket (0.5 ms),
+shared machine can not. One thing it overstates: under valgrind an echo's handler time is
+mostly 1 to 2.5 ms instead of some microseconds, past the handler histogram's first bucket (0.5 ms),
 so the bucket search runs, which natively the first bucket's test spares. The same mode
 counts the server's handler path alone, called in a loop, both ways, and prints the echo's
 cost without that difference (about 850 instructions). Needs ``valgrind`` (Debian package).
