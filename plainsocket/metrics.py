@@ -297,6 +297,7 @@ class ServerMetrics:
 
     @property
     def handler_errors(self) -> dict[str, int]:
+        """Event handlers that raised, per namespace."""
         return {namespace: found.errors for namespace, found in self.namespaces.items()}
 
     def resume(self, result: str) -> None:
